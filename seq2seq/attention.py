@@ -1,0 +1,210 @@
+"""Attention modules behind one interface, selected by name from a registry.
+
+Every module maps a query `[B, Tq, Hq]` and the encoder states (keys = values, `[B, Ts, Hk]`)
+to a context `[B, Tq, Hk]` and weights `[B, Tq, Ts]`. `mask` `[B, Ts]` is True on real tokens;
+weights sum to 1 over real tokens and are exactly 0 on padding.
+
+A variant implements `score`; the base class masks, normalises and takes the weighted sum.
+Work that depends only on the source (key projections) happens in `precompute`, once per
+sentence, and its result is passed back in as `keys` on every decoder step.
+
+Adding a variant: write one subclass and add one line to `ATTENTION_TYPES`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from seq2seq.errors import UserError
+
+
+class Attention(nn.Module):
+    """Base class: masked softmax over `score(query, keys)` and a weighted sum of values."""
+
+    def __init__(self, query_size: int, key_size: int, **options):
+        super().__init__()
+        self.query_size = query_size
+        self.key_size = key_size
+
+    def precompute(self, keys: Tensor) -> Tensor:
+        """Source-only work, done once per sentence. keys: [B, Ts, Hk] -> [B, Ts, *]."""
+        return keys
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        """Unnormalised scores [B, Tq, Ts] for query [B, Tq, Hq] and precomputed keys."""
+        raise NotImplementedError
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Context [B, Tq, Hk] and weights [B, Tq, Ts]; `keys` must come from `precompute`."""
+        weights = masked_softmax(self.score(query, keys), mask)  # [B, Tq, Ts]
+        return torch.bmm(weights, values), weights
+
+
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the last axis of scores [B, Tq, Ts], giving padding (mask False) weight 0."""
+    scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+
+
+class NoAttention(Attention):
+    """No attention: the context is the same fixed summary (mean of encoder states) at every step.
+
+    This is the classic encoder-decoder of Cho et al. (2014), whose decoder sees one fixed-size
+    vector of the source; the weights are uniform over real tokens and ignore the query.
+    """
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return query.new_zeros(query.size(0), query.size(1), keys.size(1))
+
+
+class DotAttention(Attention):
+    """Luong dot: score = q . k (needs query and key of the same size)."""
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))
+
+
+class ScaledDotAttention(Attention):
+    """Scaled dot product (Vaswani et al.): score = q . k / sqrt(H)."""
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2)) / math.sqrt(self.key_size)
+
+
+class GeneralAttention(Attention):
+    """Luong general (bilinear): score = q . (W k); W k is precomputed."""
+
+    def __init__(self, query_size: int, key_size: int, **options):
+        super().__init__(query_size, key_size)
+        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+
+    def precompute(self, keys: Tensor) -> Tensor:
+        return self.key_layer(keys)  # [B, Ts, Hq]
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return torch.bmm(query, keys.transpose(1, 2))
+
+
+class AdditiveAttention(Attention):
+    """Bahdanau additive (concat/MLP): score = v . tanh(W q + U k); U k is precomputed."""
+
+    def __init__(self, query_size: int, key_size: int, **options):
+        super().__init__(query_size, key_size)
+        self.key_layer = nn.Linear(key_size, query_size, bias=False)
+        self.query_layer = nn.Linear(query_size, query_size, bias=False)
+        self.energy_layer = nn.Linear(query_size, 1, bias=False)
+
+    def precompute(self, keys: Tensor) -> Tensor:
+        return self.key_layer(keys)  # [B, Ts, Hq]
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        hidden = torch.tanh(self.query_layer(query)[:, :, None, :] + keys[:, None, :, :])  # [B, Tq, Ts, Hq]
+        return self.energy_layer(hidden).squeeze(-1)  # [B, Tq, Ts]
+
+
+class LocationAttention(Attention):
+    """Luong location-based: score = W q, one learned score per source position (from the query alone)."""
+
+    def __init__(self, query_size: int, key_size: int, max_source_length: int = 128, **options):
+        super().__init__(query_size, key_size)
+        self.max_source_length = max_source_length
+        self.position_layer = nn.Linear(query_size, max_source_length)
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        source_length = keys.size(1)
+        scores = self.position_layer(query)[:, :, :source_length]  # [B, Tq, min(Ts, max)]
+        if source_length > self.max_source_length:  # positions it has no weights for get none
+            beyond = scores.new_full((*scores.shape[:2], source_length - self.max_source_length), float("-inf"))
+            scores = torch.cat([scores, beyond], dim=-1)
+        return scores
+
+
+class MultiHeadAttention(Attention):
+    """Scaled dot-product attention in several heads over projected GRU states.
+
+    Each head attends with its own projections; the heads' contexts are concatenated and projected
+    back to the key size. The returned weights are the heads' average (for display and alignment).
+    """
+
+    def __init__(self, query_size: int, key_size: int, heads: int = 4, **options):
+        super().__init__(query_size, key_size)
+        if key_size % heads:
+            raise ValueError(f"multihead attention needs the key size ({key_size}) divisible by heads ({heads})")
+        self.heads = heads
+        self.head_size = key_size // heads
+        self.query_layer = nn.Linear(query_size, key_size, bias=False)
+        self.key_layer = nn.Linear(key_size, key_size, bias=False)
+        self.value_layer = nn.Linear(key_size, key_size, bias=False)
+        self.output_layer = nn.Linear(key_size, key_size, bias=False)
+
+    def _split(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape  # [B, T, Hk] -> [B * heads, T, head_size]
+        x = x.view(batch, length, self.heads, self.head_size).transpose(1, 2)
+        return x.reshape(batch * self.heads, length, self.head_size)
+
+    def precompute(self, keys: Tensor) -> Tensor:
+        # Keys and values both depend on the source only: project them once, stacked on the last axis.
+        return torch.cat([self.key_layer(keys), self.value_layer(keys)], dim=-1)  # [B, Ts, 2 Hk]
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        batch, query_length, _ = query.shape
+        proj_keys, proj_values = keys.split(self.key_size, dim=-1)
+        q = self._split(self.query_layer(query))  # [B*h, Tq, d]
+        k, v = self._split(proj_keys), self._split(proj_values)  # [B*h, Ts, d]
+        scores = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.head_size)  # [B*h, Tq, Ts]
+        head_mask = mask.repeat_interleave(self.heads, dim=0)  # [B*h, Ts]
+        weights = masked_softmax(scores, head_mask)
+        context = torch.bmm(weights, v)  # [B*h, Tq, d]
+        context = context.view(batch, self.heads, query_length, self.head_size).transpose(1, 2)
+        context = self.output_layer(context.reshape(batch, query_length, self.key_size))
+        mean_weights = weights.view(batch, self.heads, query_length, -1).mean(dim=1)  # [B, Tq, Ts]
+        return context, mean_weights
+
+
+ATTENTION_TYPES: dict[str, type[Attention]] = {
+    "none": NoAttention,
+    "dot": DotAttention,
+    "scaled_dot": ScaledDotAttention,
+    "general": GeneralAttention,
+    "additive": AdditiveAttention,
+    "location": LocationAttention,
+    "multihead": MultiHeadAttention,
+}
+
+# Variants whose score compares query and key directly, so both must have the same size.
+SAME_SIZE_TYPES = {"dot", "scaled_dot"}
+
+
+def check_attention_config(model_config) -> None:
+    """Raise a UserError if the attention type or its options do not fit the model sizes."""
+    attention = model_config.attention
+    if attention.type not in ATTENTION_TYPES:
+        raise UserError(
+            f"config key 'model.attention.type' must be one of {', '.join(ATTENTION_TYPES)}, got {attention.type!r}"
+        )
+    key_size = 2 * model_config.encoder_hidden_size
+    if attention.type in SAME_SIZE_TYPES and model_config.decoder_hidden_size != key_size:
+        raise UserError(
+            f"'{attention.type}' attention compares decoder and encoder states directly: set "
+            f"model.decoder_hidden_size ({model_config.decoder_hidden_size}) to 2 x model.encoder_hidden_size "
+            f"({key_size}), or use 'general' or 'additive'"
+        )
+    if attention.type == "multihead" and key_size % attention.heads:
+        raise UserError(
+            f"'multihead' attention needs 2 x model.encoder_hidden_size ({key_size}) divisible by "
+            f"model.attention.heads ({attention.heads})"
+        )
+
+
+def build_attention(attention_config, query_size: int, key_size: int) -> Attention:
+    """Instantiate the configured attention variant."""
+    cls = ATTENTION_TYPES[attention_config.type]
+    return cls(
+        query_size,
+        key_size,
+        heads=attention_config.heads,
+        max_source_length=attention_config.max_source_length,
+    )

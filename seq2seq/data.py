@@ -1,0 +1,328 @@
+"""Parallel corpora: read and validate, encode once into a cache, batch by tokens.
+
+The encoded training corpus is stored as flat int32 arrays plus offsets (`.npy`, memory-mapped
+on load) under a key made from the files' contents and the SentencePiece model, so the next run
+with the same data reuses it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from seq2seq.errors import UserError
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def corpus_file(prefix: str, lang: str) -> Path:
+    """The file for one side of a corpus: `prefix.lang` or `prefix.lang.gz`."""
+    for candidate in (Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")):
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        f"corpus file not found: {prefix}.{lang} (nor {prefix}.{lang}.gz); check data.* paths and languages in the config"
+    )
+
+
+def read_lines(path: Path) -> list[str]:
+    """All lines of a UTF-8 text file (plain or gzip), without line endings."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw_lines = handle.read().split(b"\n")
+    except (OSError, EOFError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline that ends the last line
+    lines = []
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{path}, line {number}: not valid UTF-8 (byte {exc.start + 1}); convert the file to UTF-8"
+            ) from None
+    return lines
+
+
+def read_parallel(prefix: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str], tuple[Path, Path]]:
+    """Source and target lines of a line-aligned corpus; the two files must have equal line counts."""
+    src_path, tgt_path = corpus_file(prefix, src_lang), corpus_file(prefix, tgt_lang)
+    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
+    if len(src_lines) != len(tgt_lines):
+        raise UserError(
+            f"misaligned corpus: {src_path} has {len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}; "
+            "line i of one must translate line i of the other"
+        )
+    return src_lines, tgt_lines, (src_path, tgt_path)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (as stored, compressed or not)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the encoded corpus ----------------------------------------------------------------------
+
+
+@dataclass
+class EncodedCorpus:
+    """Piece ids of a parallel corpus as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]]."""
+
+    src_ids: np.ndarray  # int32 [total source pieces]
+    src_offsets: np.ndarray  # int64 [N + 1]
+    tgt_ids: np.ndarray
+    tgt_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.src_offsets) - 1
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.diff(self.src_offsets)
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.diff(self.tgt_offsets)
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target ids of sentence pair `index`."""
+        return (
+            self.src_ids[self.src_offsets[index] : self.src_offsets[index + 1]],
+            self.tgt_ids[self.tgt_offsets[index] : self.tgt_offsets[index + 1]],
+        )
+
+    @classmethod
+    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> "EncodedCorpus":
+        """Pack lists of id lists into flat arrays."""
+
+        def pack(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+            offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
+            np.cumsum([len(s) for s in sentences], out=offsets[1:])
+            flat = np.fromiter((i for s in sentences for i in s), dtype=np.int32, count=int(offsets[-1]))
+            return flat, offsets
+
+        return cls(*pack(src), *pack(tgt))
+
+    def save(self, directory: Path) -> None:
+        """Write the four arrays as .npy files into `directory` (created)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets"):
+            np.save(directory / f"{name}.npy", getattr(self, name))
+
+    @classmethod
+    def load(cls, directory: Path) -> "EncodedCorpus":
+        """Memory-map the arrays written by `save`."""
+        arrays = [np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")]
+        return cls(*arrays)
+
+
+def encode_and_filter(
+    src_lines: Sequence[str], tgt_lines: Sequence[str], tokenizer: Tokenizer, max_src: int, max_tgt: int
+) -> tuple[EncodedCorpus, dict]:
+    """Encode a training corpus, skipping empty and over-long pairs; returns the corpus and counts."""
+    src_encoded, tgt_encoded = tokenizer.encode_src(src_lines), tokenizer.encode_tgt(tgt_lines)
+    kept_src, kept_tgt = [], []
+    stats = {"pairs": len(src_lines), "kept": 0, "skipped_empty": 0, "skipped_too_long": 0}
+    for src_text, tgt_text, src, tgt in zip(src_lines, tgt_lines, src_encoded, tgt_encoded):
+        if not src_text.strip() or not tgt_text.strip() or not src or not tgt:
+            stats["skipped_empty"] += 1
+        elif len(src) + 1 > max_src or len(tgt) + 1 > max_tgt:  # +1: the EOS each side gets
+            stats["skipped_too_long"] += 1
+        else:
+            kept_src.append(src)
+            kept_tgt.append(tgt)
+    stats["kept"] = len(kept_src)
+    return EncodedCorpus.from_lists(kept_src, kept_tgt), stats
+
+
+def load_training_corpus(
+    src_lines: Sequence[str],
+    tgt_lines: Sequence[str],
+    digests: tuple[str, str],
+    tokenizer: Tokenizer,
+    max_src: int,
+    max_tgt: int,
+    cache_dir: Path,
+) -> tuple[EncodedCorpus, dict]:
+    """The encoded, filtered training corpus, from the cache when the same data was encoded before."""
+    model_digest = hashlib.sha256(tokenizer.src_model + tokenizer.tgt_model).hexdigest()
+    key = hashlib.sha256(repr((digests, model_digest, max_src, max_tgt, CACHE_VERSION)).encode()).hexdigest()[:20]
+    directory = cache_dir / f"corpus-{key}"
+    stats_file = directory / "stats.json"
+    if stats_file.is_file():
+        log.info("Encoded training corpus reused from cache: %s", directory)
+        return EncodedCorpus.load(directory), json.loads(stats_file.read_text())
+    corpus, stats = encode_and_filter(src_lines, tgt_lines, tokenizer, max_src, max_tgt)
+    temporary = cache_dir / f"corpus-{key}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    corpus.save(temporary)
+    (temporary / "stats.json").write_text(json.dumps(stats))
+    shutil.rmtree(directory, ignore_errors=True)
+    temporary.rename(directory)  # the cache entry appears whole or not at all
+    return EncodedCorpus.load(directory), stats
+
+
+# --- batching --------------------------------------------------------------------------------
+
+
+class ParallelDataset(Dataset):
+    """Sentence pairs as tensors of piece ids, each side ending in EOS."""
+
+    def __init__(self, corpus: EncodedCorpus):
+        self.corpus = corpus
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        src, tgt = self.corpus.pair(index)
+        return _with_eos(src), _with_eos(tgt)
+
+
+def _with_eos(ids: np.ndarray) -> Tensor:
+    out = torch.empty(len(ids) + 1, dtype=torch.long)
+    out[:-1] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    out[-1] = EOS_ID
+    return out
+
+
+@dataclass
+class Batch:
+    """A padded batch. Shapes: src [B, S], src_lengths [B], tgt_in / tgt_out [B, T]."""
+
+    src: Tensor
+    src_lengths: Tensor
+    tgt_in: Tensor  # BOS + target
+    tgt_out: Tensor  # target + EOS
+
+    @property
+    def src_mask(self) -> Tensor:
+        return self.src != PAD_ID  # [B, S], True on real tokens
+
+    @property
+    def num_tgt_tokens(self) -> int:
+        return int((self.tgt_out != PAD_ID).sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        """The same batch on `device`."""
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out)))
+
+
+def pad(sequences: Sequence[Tensor], value: int = PAD_ID) -> Tensor:
+    """Stack 1-d tensors of different lengths into [B, max length], right-padded."""
+    return torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=value)
+
+
+def collate(pairs: Sequence[tuple[Tensor, Tensor]]) -> Batch:
+    """Pad a list of (src, tgt) pairs into a Batch with teacher-forcing inputs and outputs."""
+    srcs, tgts = zip(*pairs)
+    tgt_out = pad(tgts)
+    bos = torch.full((len(tgts), 1), BOS_ID, dtype=torch.long)
+    tgt_in = torch.cat([bos, tgt_out[:, :-1]], dim=1)
+    tgt_in = tgt_in.masked_fill(tgt_in == EOS_ID, PAD_ID)  # EOS is never an input
+    return Batch(pad(srcs), torch.tensor([len(s) for s in srcs]), tgt_in, tgt_out)
+
+
+class TokenBucketSampler(Sampler[list[int]]):
+    """Batches of similar-length pairs, each holding at most `max_tokens` padded tokens per side.
+
+    Each epoch shuffles the corpus (seeded by seed + epoch), sorts pools of nearby sentences by
+    length so that little padding is needed, cuts them into batches and shuffles the batches.
+    With several processes, each takes every `num_replicas`-th batch (all ranks get the same count).
+    `start_batch` skips batches already seen in this epoch (for exact resume).
+    """
+
+    def __init__(
+        self,
+        src_lengths: np.ndarray,
+        tgt_lengths: np.ndarray,
+        max_tokens: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        pool_batches: int = 100,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        # +1: every side gets an EOS (and the target input a BOS)
+        self.src_lengths = np.asarray(src_lengths, dtype=np.int64) + 1
+        self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64) + 1
+        longest = int(max(self.src_lengths.max(initial=0), self.tgt_lengths.max(initial=0)))
+        if longest > max_tokens:
+            raise UserError(
+                f"train.batch_tokens ({max_tokens}) is smaller than the longest sentence ({longest} pieces): "
+                "raise train.batch_tokens or lower data.max_src_length / data.max_tgt_length"
+            )
+        self.max_tokens = max_tokens
+        self.seed, self.shuffle, self.pool_batches = seed, shuffle, pool_batches
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch whose order to produce, and how many of its batches to skip."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def all_batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of `epoch`, across all ranks, in order."""
+        rng = random.Random(self.seed * 100_003 + epoch)
+        order = list(range(len(self.src_lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        longest = np.maximum(self.src_lengths, self.tgt_lengths)
+        average = max(1, int(np.mean(longest))) if len(longest) else 1
+        pool_size = max(1, self.pool_batches * self.max_tokens // average)
+        batches: list[list[int]] = []
+        for start in range(0, len(order), pool_size):
+            pool = sorted(order[start : start + pool_size], key=lambda i: (self.tgt_lengths[i], self.src_lengths[i]))
+            batches.extend(self._cut(pool))
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def _cut(self, pool: list[int]) -> Iterator[list[int]]:
+        batch: list[int] = []
+        widest = 0
+        for index in pool:
+            width = int(max(self.src_lengths[index], self.tgt_lengths[index]))
+            if batch and max(widest, width) * (len(batch) + 1) > self.max_tokens:
+                yield batch
+                batch, widest = [], 0
+            batch.append(index)
+            widest = max(widest, width)
+        if batch:
+            yield batch
+
+    def rank_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of `epoch` (the same number on every rank)."""
+        batches = self.all_batches(epoch)
+        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
+        return batches[self.rank :: self.num_replicas][:per_rank]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.rank_batches(self.epoch)[self.start_batch :])
+
+    def __len__(self) -> int:
+        return len(self.rank_batches(self.epoch)) - self.start_batch

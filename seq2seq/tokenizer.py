@@ -1,0 +1,158 @@
+"""SentencePiece subword models: trained on the training split only, carried as bytes.
+
+The model bytes are stored in the run directory and inside every checkpoint, so a checkpoint
+alone can tokenize and detokenize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+from seq2seq.config import TokenizerConfig
+from seq2seq.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# The same special ids as Joey NMT, so one SentencePiece model serves both toolkits.
+UNK_ID, PAD_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """Source and target SentencePiece processors (the same one when the vocabulary is joint)."""
+
+    def __init__(self, src_model: bytes, tgt_model: bytes):
+        self.src_model, self.tgt_model = src_model, tgt_model
+        self.src = _processor(src_model)
+        self.tgt = self.src if tgt_model == src_model else _processor(tgt_model)
+
+    @property
+    def joint(self) -> bool:
+        return self.src_model == self.tgt_model
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
+        """Piece ids of each source line (no BOS/EOS)."""
+        return self.src.encode(list(lines))
+
+    def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
+        """Piece ids of each target line (no BOS/EOS)."""
+        return self.tgt.encode(list(lines))
+
+    def decode_tgt(self, ids: Sequence[int]) -> str:
+        """Detokenized target text for piece ids (special ids are dropped)."""
+        return self.tgt.decode([i for i in ids if i > EOS_ID])
+
+    def src_pieces(self, ids: Sequence[int]) -> list[str]:
+        """Readable source pieces, for attention displays."""
+        return [self.src.id_to_piece(i) for i in ids]
+
+    def tgt_pieces(self, ids: Sequence[int]) -> list[str]:
+        """Readable target pieces, for attention displays."""
+        return [self.tgt.id_to_piece(i) for i in ids]
+
+    def state_dict(self) -> dict:
+        """Plain values for a checkpoint."""
+        return {"src_model": self.src_model, "tgt_model": self.tgt_model}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Tokenizer":
+        """Rebuild from `state_dict()` output."""
+        return cls(state["src_model"], state["tgt_model"])
+
+    def save(self, directory: Path) -> None:
+        """Write the model files into a run directory (spm.joint.model or spm.src/tgt.model)."""
+        if self.joint:
+            (directory / "spm.joint.model").write_bytes(self.src_model)
+        else:
+            (directory / "spm.src.model").write_bytes(self.src_model)
+            (directory / "spm.tgt.model").write_bytes(self.tgt_model)
+
+
+def _processor(model: bytes) -> spm.SentencePieceProcessor:
+    try:
+        return spm.SentencePieceProcessor(model_proto=model)
+    except (RuntimeError, OSError) as exc:
+        raise UserError(f"not a usable SentencePiece model ({exc})") from None
+
+
+def train_sentencepiece(lines: Iterable[str], config: TokenizerConfig, seed: int) -> bytes:
+    """Train one SentencePiece model on `lines` and return its bytes."""
+    lines = [line for line in lines if line.strip()]
+    if len(lines) > config.input_sentence_size:  # sample ourselves: deterministic for a seed
+        lines = random.Random(seed).sample(lines, config.input_sentence_size)
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=config.vocab_size,
+            model_type=config.model_type,
+            character_coverage=config.character_coverage,
+            unk_id=UNK_ID,
+            pad_id=PAD_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as exc:
+        message = str(exc)
+        if "Vocabulary size" in message or "vocab_size" in message:
+            raise UserError(
+                f"tokenizer.vocab_size {config.vocab_size} is too large for this corpus "
+                f"(SentencePiece says: {message.strip().splitlines()[-1]}): lower tokenizer.vocab_size"
+            ) from None
+        raise UserError(f"SentencePiece training failed: {message.strip().splitlines()[-1]}") from None
+    return model.getvalue()
+
+
+def _cache_key(digests: Sequence[str], config: TokenizerConfig, seed: int) -> str:
+    text = repr((tuple(digests), sorted(vars(config).items()), seed, UNK_ID, PAD_ID, BOS_ID, EOS_ID))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConfig, seed: int) -> bytes:
+    path = cache_dir / f"spm-{key}.model"
+    if path.is_file():
+        log.info("SentencePiece model reused from cache: %s", path)
+        return path.read_bytes()
+    model = train_sentencepiece(lines_source(), config, seed)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(model)
+    temporary.replace(path)
+    return model
+
+
+def build_tokenizer(
+    src_lines: Sequence[str],
+    tgt_lines: Sequence[str],
+    digests: tuple[str, str],
+    config: TokenizerConfig,
+    cache_dir: Path,
+    seed: int,
+) -> Tokenizer:
+    """Train (or reuse from the cache) the SentencePiece model(s) for a training corpus."""
+    if config.joint:
+        key = _cache_key(digests, config, seed)
+        log.info("Training a joint SentencePiece %s model, vocabulary %d", config.model_type, config.vocab_size)
+        model = _cached_model(cache_dir, key, lambda: list(src_lines) + list(tgt_lines), config, seed)
+        return Tokenizer(model, model)
+    log.info("Training source and target SentencePiece models, vocabulary %d each", config.vocab_size)
+    src_model = _cached_model(cache_dir, _cache_key(digests[:1], config, seed), lambda: src_lines, config, seed)
+    tgt_model = _cached_model(cache_dir, _cache_key(digests[1:], config, seed), lambda: tgt_lines, config, seed)
+    return Tokenizer(src_model, tgt_model)

@@ -1,0 +1,523 @@
+"""The training loop: data, model, optimisation, validation, checkpoints, resume.
+
+`train(config)` runs a whole experiment and returns its summary. Everything a run writes lives in
+its run directory: train.log, config.yaml, the SentencePiece model(s), metrics.jsonl (one line
+per validation), progress.jsonl (one line per log interval), curves.png, and checkpoints
+(last.pt for resuming, best.pt, and the latest step checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from seq2seq import checkpoint as ckpt
+from seq2seq.config import Config, config_to_dict, parse_duration, save_config
+from seq2seq.data import (
+    Batch,
+    EncodedCorpus,
+    ParallelDataset,
+    TokenBucketSampler,
+    collate,
+    file_digest,
+    load_training_corpus,
+    read_parallel,
+)
+from seq2seq.errors import UserError
+from seq2seq.metrics import bleu
+from seq2seq.model import Seq2Seq, count_parameters
+from seq2seq.plots import plot_training_curves
+from seq2seq.runinfo import run_record
+from seq2seq.schedule import LearningRateSchedule
+from seq2seq.search import decode_lines
+from seq2seq.tokenizer import PAD_ID, Tokenizer, build_tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_STEPS_IN_A_ROW = 10
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    """Seed every random number generator training uses."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: Config, tokenizer: Tokenizer) -> Seq2Seq:
+    """The model described by `config.model` for this tokenizer's vocabularies."""
+    return Seq2Seq(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+
+
+def build_optimizer(config: Config, model: Seq2Seq) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameters."""
+    train = config.train
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=train.lr, betas=train.adam_betas, weight_decay=train.weight_decay)
+
+
+def sequence_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy per target token under teacher forcing (padding skipped)."""
+    attentional, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, H]
+    target_mask = batch.tgt_out != PAD_ID  # [B, T]
+    logits = model.decoder.logits(attentional[target_mask])  # [N, V]: real positions only
+    return F.cross_entropy(logits.float(), batch.tgt_out[target_mask], label_smoothing=label_smoothing)
+
+
+@dataclass
+class TrainingState:
+    """Counters that a checkpoint carries so that a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained on
+    elapsed: float = 0.0  # training seconds before this process
+    best_bleu: float = -1.0
+    best_step: int = 0
+    validations_without_improvement: int = 0
+    bad_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    consecutive_bad: int = 0
+    history: list[dict] = field(default_factory=list)  # validation records
+
+
+@dataclass
+class DevSet:
+    """Dev sources and references as raw lines, and the non-empty pairs as batches for the dev loss."""
+
+    src: list[str]
+    ref: list[str]
+    batches: list[Batch]
+
+
+def make_dev_set(src: list[str], ref: list[str], tokenizer: Tokenizer, batch_tokens: int) -> DevSet:
+    """Dev lines plus teacher-forcing batches of their non-empty pairs."""
+    pairs = [(s, t) for s, t in zip(src, ref) if s.strip() and t.strip()]
+    corpus = EncodedCorpus.from_lists(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]))
+    dataset = ParallelDataset(corpus)
+    longest = 1 + int(max(corpus.src_lengths.max(initial=0), corpus.tgt_lengths.max(initial=0)))
+    sampler = TokenBucketSampler(corpus.src_lengths, corpus.tgt_lengths, max(batch_tokens, longest), shuffle=False)
+    return DevSet(src, ref, [collate([dataset[i] for i in indices]) for indices in sampler])
+
+
+class StopRequest:
+    """Turns the first Ctrl-C / SIGTERM into a polite stop after the current step; the second is immediate."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Stop requested: finishing this step and saving a checkpoint (press Ctrl-C again to quit now)")
+
+
+class Trainer:
+    """One training run: owns the model, optimizer, schedule, data and run directory."""
+
+    def __init__(self, config: Config, resume: bool = False, force: bool = False, argv: Optional[list[str]] = None):
+        self.config = config
+        self.run_dir = Path(config.train.run_dir)
+        self.argv = argv if argv is not None else sys.argv
+        self._prepare_run_dir(resume, force)
+        self.device = resolve_device(config.train.device)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        set_seed(config.train.seed)
+        self.state = TrainingState()
+        resume_payload = ckpt.load_checkpoint(self.run_dir / "last.pt") if resume else None
+        self._load_data(resume_payload)
+        self.model = build_model(config, self.tokenizer).to(self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.schedule = LearningRateSchedule(config.train.schedule, config.train.lr, config.train.max_steps)
+        self.max_seconds = parse_duration(config.train.max_time) if config.train.max_time else None
+        if resume_payload is not None:
+            self._restore(resume_payload)
+        log.info(
+            "Model: %s parameters; attention %s; input feeding %s; device %s",
+            f"{count_parameters(self.model):,}",
+            config.model.attention.type,
+            config.model.input_feeding,
+            self.device,
+        )
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _prepare_run_dir(self, resume: bool, force: bool) -> None:
+        saved_config = self.run_dir / "config.yaml"
+        last = self.run_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise UserError(f"nothing to resume: {last} does not exist (train without --resume to start the run)")
+            stored = ckpt.load_checkpoint(last)["config"]
+            if not force and _without_run_limits(stored) != _without_run_limits(config_to_dict(self.config)):
+                raise UserError(
+                    f"{self.run_dir} holds a run of a different config: resume with the same config "
+                    "(only train.max_steps/max_epochs/max_time may change) or add --force"
+                )
+        elif last.is_file() and not force:
+            raise UserError(
+                f"{self.run_dir} already holds a run: add --resume to continue it, choose another "
+                "train.run_dir, or add --force to start over there"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for stale in ("metrics.jsonl", "progress.jsonl"):
+                (self.run_dir / stale).unlink(missing_ok=True)
+        save_config(self.config, saved_config)
+        handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("seq2seq").addHandler(handler)
+        self._log_handler = handler
+
+    def _load_data(self, resume_payload: Optional[dict]) -> None:
+        data, cache_dir = self.config.data, Path(self.config.data.cache_dir)
+        src_lines, tgt_lines, paths = read_parallel(data.train, data.src_lang, data.tgt_lang)
+        self.data_digests = (file_digest(paths[0]), file_digest(paths[1]))
+        log.info("Training corpus: %s and %s, %d pairs", paths[0], paths[1], len(src_lines))
+        if resume_payload is not None:
+            self.tokenizer = Tokenizer.from_state_dict(resume_payload["tokenizer"])
+        else:
+            self.tokenizer = build_tokenizer(
+                src_lines, tgt_lines, self.data_digests, self.config.tokenizer, cache_dir, self.config.train.seed
+            )
+        self.tokenizer.save(self.run_dir)
+        corpus, stats = load_training_corpus(
+            src_lines, tgt_lines, self.data_digests, self.tokenizer, data.max_src_length, data.max_tgt_length, cache_dir
+        )
+        log.info(
+            "Kept %d of %d training pairs (skipped: %d empty, %d longer than %d/%d pieces)",
+            stats["kept"],
+            stats["pairs"],
+            stats["skipped_empty"],
+            stats["skipped_too_long"],
+            data.max_src_length,
+            data.max_tgt_length,
+        )
+        if stats["kept"] == 0:
+            raise UserError(
+                f"no training pairs left after filtering {paths[0]} / {paths[1]}: "
+                "check the files or raise data.max_src_length / data.max_tgt_length"
+            )
+        self.dataset = ParallelDataset(corpus)
+        self.sampler = TokenBucketSampler(
+            corpus.src_lengths, corpus.tgt_lengths, self.config.train.batch_tokens, seed=self.config.train.seed
+        )
+        self.dev = None
+        if data.dev:
+            dev_src, dev_ref, _ = read_parallel(data.dev, data.src_lang, data.tgt_lang)
+            limit = self.config.train.validate_max_sentences
+            self.dev = make_dev_set(dev_src[:limit], dev_ref[:limit], self.tokenizer, self.config.train.batch_tokens)
+            log.info("Dev set: %s, %d pairs", data.dev, len(self.dev.src))
+
+    def _restore(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.state = TrainingState(**payload["training_state"])
+        rng = payload["rng"]
+        random.setstate(_python_rng_state(rng["python"]))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        log.info(
+            "Resumed %s at step %d (epoch %d, batch %d of it), best dev BLEU %.2f at step %d",
+            self.run_dir,
+            self.state.step,
+            self.state.epoch + 1,
+            self.state.batch_in_epoch,
+            self.state.best_bleu,
+            self.state.best_step,
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train until a limit or early stopping; returns the summary."""
+        train = self.config.train
+        start = time.monotonic() - self.state.elapsed
+        bar = tqdm(total=train.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True, disable=None)
+        interval_loss, interval_tokens, interval_steps, interval_start = 0.0, 0, 0, time.monotonic()
+        stop_reason = None
+        with StopRequest() as stop:
+            while stop_reason is None:
+                if train.max_epochs is not None and self.state.epoch >= train.max_epochs:
+                    stop_reason = f"reached train.max_epochs ({train.max_epochs})"
+                    break
+                self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+                loader = DataLoader(
+                    self.dataset,
+                    batch_sampler=self.sampler,
+                    collate_fn=collate,
+                    num_workers=self.config.data.num_workers,
+                )
+                for batch in loader:
+                    loss = self._train_step(batch.to(self.device))
+                    self.state.batch_in_epoch += 1
+                    if loss is not None:
+                        tokens = batch.num_tgt_tokens
+                        interval_loss += loss * tokens
+                        interval_tokens += tokens
+                        interval_steps += 1
+                    self.state.elapsed = time.monotonic() - start
+                    bar.update(1)
+                    if self.state.step % train.log_every == 0 and interval_tokens:
+                        seconds = time.monotonic() - interval_start
+                        self._log_progress(bar, interval_loss / interval_tokens, interval_tokens / seconds)
+                        interval_loss, interval_tokens, interval_steps, interval_start = 0.0, 0, 0, time.monotonic()
+                    stop_reason = self._limit_reached(stop.requested)
+                    if self.state.step % train.validate_every == 0 or stop_reason:
+                        early = self._validate_and_save()
+                        stop_reason = stop_reason or early
+                        interval_start = time.monotonic()  # validation time is not training speed
+                    if stop_reason:
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+        bar.close()
+        return self._finish(stop_reason, interrupted=stop.requested)
+
+    def _train_step(self, batch: Batch) -> Optional[float]:
+        """One update; returns the loss, or None when it was skipped as non-finite."""
+        self.model.train()
+        self.state.step += 1
+        lr = self.schedule.lr(self.state.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = sequence_loss(self.model, batch, self.config.train.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.train.clip_grad_norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
+        loss_value = loss.item()
+        if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            self.state.bad_steps += 1
+            self.state.consecutive_bad += 1
+            log.warning("Step %d: non-finite loss or gradient, update skipped (%d so far)", self.state.step, self.state.bad_steps)
+            if self.state.consecutive_bad >= MAX_BAD_STEPS_IN_A_ROW:
+                raise UserError(
+                    f"{MAX_BAD_STEPS_IN_A_ROW} updates in a row had a non-finite loss or gradient: the run diverged; "
+                    f"lower train.lr or set train.clip_grad_norm (last good checkpoint: {self.run_dir / 'last.pt'})"
+                )
+            return None
+        self.state.consecutive_bad = 0
+        self.optimizer.step()
+        return loss_value
+
+    def _limit_reached(self, stop_requested: bool) -> Optional[str]:
+        train = self.config.train
+        if stop_requested:
+            return "interrupted"
+        if train.max_steps is not None and self.state.step >= train.max_steps:
+            return f"reached train.max_steps ({train.max_steps})"
+        if self.max_seconds is not None and self.state.elapsed >= self.max_seconds:
+            return f"reached train.max_time ({train.max_time})"
+        return None
+
+    def _log_progress(self, bar: tqdm, loss: float, tokens_per_second: float) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:,.0f}", lr=f"{lr:.2e}", refresh=False)
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch + 1,
+            "minutes": round(self.state.elapsed / 60, 3),
+            "train_loss": round(loss, 4),
+            "tokens_per_s": round(tokens_per_second, 1),
+            "lr": lr,
+        }
+        _append_jsonl(self.run_dir / "progress.jsonl", record)
+        log.debug("step %d loss %.4f tok/s %.0f lr %.2e", self.state.step, loss, tokens_per_second, lr)
+
+    # --- validation and checkpoints ----------------------------------------------------------
+
+    def validate(self) -> dict:
+        """Dev loss, perplexity and greedy BLEU (detokenized, sacreBLEU)."""
+        self.model.eval()
+        record: dict[str, Any] = {"step": self.state.step, "epoch": self.state.epoch + 1}
+        if self.dev is None:
+            return record
+        record["dev_loss"] = self._dev_loss()
+        record["dev_ppl"] = math.exp(min(record["dev_loss"], 50.0))
+        started = time.monotonic()
+        hypotheses = decode_lines(
+            self.model,
+            self.tokenizer,
+            self.dev.src,
+            self.device,
+            batch_tokens=self.config.train.batch_tokens,
+            max_output_ratio=self.config.train.max_output_ratio,
+        )
+        texts = [self.tokenizer.decode_tgt(h.ids) for h in hypotheses]
+        score = bleu(texts, self.dev.ref)
+        record.update(dev_bleu=round(score.value, 2), decode_seconds=round(time.monotonic() - started, 1))
+        self.last_dev_hypotheses = texts
+        return record
+
+    @torch.no_grad()
+    def _dev_loss(self) -> float:
+        """Mean cross-entropy per target token on the dev pairs (no label smoothing)."""
+        total, tokens = 0.0, 0
+        for batch in self.dev.batches:
+            batch = batch.to(self.device)
+            count = batch.num_tgt_tokens
+            total += sequence_loss(self.model, batch).item() * count
+            tokens += count
+        return total / max(tokens, 1)
+
+    def _validate_and_save(self) -> Optional[str]:
+        """Validate, write metrics, plots and checkpoints; returns a reason to stop early, if any."""
+        record = self.validate()
+        record["minutes"] = round(self.state.elapsed / 60, 3)
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
+        improved = False
+        if "dev_bleu" in record:
+            improved = record["dev_bleu"] > self.state.best_bleu
+            if improved:
+                self.state.best_bleu, self.state.best_step = record["dev_bleu"], self.state.step
+                self.state.validations_without_improvement = 0
+            else:
+                self.state.validations_without_improvement += 1
+            if self.schedule.on_validation(record["dev_bleu"]):
+                log.info("Dev BLEU stopped improving: learning rate scale now %.3g", self.schedule.plateau_scale)
+            log.info(
+                "Validation at step %d (epoch %d, %.1f min): dev loss %.3f, ppl %.1f, BLEU %.2f%s",
+                self.state.step,
+                self.state.epoch + 1,
+                record["minutes"],
+                record["dev_loss"],
+                record["dev_ppl"],
+                record["dev_bleu"],
+                " (new best)" if improved else f" (best {self.state.best_bleu:.2f} at step {self.state.best_step})",
+            )
+        self.state.history.append(record)
+        _append_jsonl(self.run_dir / "metrics.jsonl", record)
+        self._save_checkpoints(improved or self.dev is None)
+        plot_training_curves(self.run_dir)
+        patience = self.config.train.early_stopping_patience
+        if patience is not None and self.state.validations_without_improvement >= patience:
+            return f"early stopping: dev BLEU did not improve for {patience} validations"
+        return None
+
+    def weights_payload(self) -> dict:
+        """What translation needs: config, tokenizer, weights, and the run record."""
+        return {
+            "config": config_to_dict(self.config),
+            "tokenizer": self.tokenizer.state_dict(),
+            "model": self.model.state_dict(),
+            "step": self.state.step,
+            "best_bleu": self.state.best_bleu,
+            "run": run_record(self.argv, self.data_digests),
+        }
+
+    def _save_checkpoints(self, is_best: bool) -> None:
+        weights = self.weights_payload()
+        resume = {
+            **weights,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "training_state": {k: v for k, v in vars(self.state).items() if k in TrainingState.__dataclass_fields__},
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}
+            | ({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+        }
+        ckpt.save_checkpoint(resume, self.run_dir / "last.pt")
+        if is_best:
+            ckpt.save_checkpoint(weights, self.run_dir / "best.pt")
+        if self.config.train.keep_checkpoints:
+            ckpt.save_checkpoint(weights, self.run_dir / f"step-{self.state.step:07d}.pt")
+            step_files = sorted(self.run_dir.glob("step-*.pt"))
+            for old in step_files[: -self.config.train.keep_checkpoints]:
+                old.unlink(missing_ok=True)  # pruned only once the newer one is safely written
+
+    def _finish(self, stop_reason: Optional[str], interrupted: bool) -> dict:
+        state = self.state
+        summary = {
+            "stop_reason": stop_reason,
+            "steps": state.step,
+            "epochs": round(state.epoch + state.batch_in_epoch / max(1, len(self.sampler.rank_batches(state.epoch))), 2),
+            "minutes": round(state.elapsed / 60, 2),
+            "best_dev_bleu": state.best_bleu if self.dev is not None else None,
+            "best_step": state.best_step,
+            "skipped_updates": state.bad_steps,
+            "best_checkpoint": str(self.run_dir / "best.pt"),
+            "last_checkpoint": str(self.run_dir / "last.pt"),
+            "curves": str(self.run_dir / "curves.png"),
+            "interrupted": interrupted,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        bleu_text = (
+            f"best dev BLEU {state.best_bleu:.2f} at step {state.best_step}" if self.dev is not None else "no dev set"
+        )
+        log.info(
+            "Finished (%s): %s; %d steps, %.2f epochs, %.1f minutes of training. "
+            "Best checkpoint: %s; resume point: %s; curves: %s; metrics: %s.",
+            stop_reason,
+            bleu_text,
+            state.step,
+            summary["epochs"],
+            state.elapsed / 60,
+            summary["best_checkpoint"],
+            summary["last_checkpoint"],
+            summary["curves"],
+            self.run_dir / "metrics.jsonl",
+        )
+        if interrupted:
+            log.warning("To continue this run: seq2seq train %s --resume", self.run_dir / "config.yaml")
+        logging.getLogger("seq2seq").removeHandler(self._log_handler)
+        self._log_handler.close()
+        return summary
+
+
+def _without_run_limits(config: dict) -> dict:
+    """A config dict without the keys that may change between a run and its resumption."""
+    train = {k: v for k, v in config["train"].items() if k not in ("max_steps", "max_epochs", "max_time")}
+    return {**config, "train": train}
+
+
+def _python_rng_state(state: Any) -> tuple:
+    version, internal, gauss = state  # lists after a checkpoint round trip; random wants tuples
+    return (version, tuple(internal), gauss)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train(config: Config, resume: bool = False, force: bool = False, argv: Optional[list[str]] = None) -> dict:
+    """Run one training experiment from `config`; returns the summary dict."""
+    return Trainer(config, resume=resume, force=force, argv=argv).run()
+
