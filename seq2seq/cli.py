@@ -1,4 +1,4 @@
-"""Command line: `seq2seq train|info ...`. Parses arguments and calls library functions only."""
+"""Command line: `seq2seq train|evaluate|translate|average|info ...`. Parses arguments and calls library functions only."""
 
 from __future__ import annotations
 
@@ -42,6 +42,72 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
+def _decode_options(args: argparse.Namespace):
+    from seq2seq.evaluate import DecodeOptions
+
+    return DecodeOptions(
+        beam_size=args.beam,
+        alpha=args.alpha,
+        max_output_ratio=args.max_output_ratio,
+        batch_tokens=args.batch_tokens,
+        max_src_length=args.max_src_length,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from seq2seq.evaluate import evaluate
+
+    report = evaluate(
+        args.checkpoint, args.split, args.src, args.ref, _decode_options(args), args.output, args.report, args.device
+    )
+    print(report["bleu_text"])
+    print(f"  signature: {report['bleu_signature']}")
+    print(report["chrf_text"])
+    print(f"  signature: {report['chrf_signature']}")
+    print(
+        f"{report['test_set']['sentences']} sentences in {report['seconds']:.1f} s "
+        f"({report['sentences_per_s']:.1f} sentences/s); hypotheses: {report['hypotheses']}; report: {report['report']}"
+    )
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from seq2seq.translate import Translator, interactive, translate_batch
+
+    translator = Translator(args.checkpoint, _decode_options(args), args.device, n_best=args.n_best)
+    if args.input is None and sys.stdin.isatty():
+        png_dir = Path(args.attention_png) if args.attention_png else None
+        interactive(translator, show_attention=not args.no_attention, attention_png=png_dir)
+        return 0
+    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    alignment = open(args.alignment, "w", encoding="utf-8") if args.alignment else None
+    try:
+        translate_batch(translator, source, sink, alignment)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{args.input or 'standard input'} is not UTF-8 text (byte {exc.start + 1} of a line)") from None
+    finally:
+        for handle in (source, sink, alignment):
+            if handle not in (None, sys.stdin, sys.stdout):
+                handle.close()
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from seq2seq.evaluate import average_checkpoints, last_checkpoints
+
+    paths = list(args.checkpoints)
+    if args.last:
+        if len(paths) != 1:
+            raise UserError("with --last N, give one run directory")
+        paths = last_checkpoints(paths[0], args.last)
+    result = average_checkpoints(paths, args.output)
+    print(f"averaged {result['averaged']} checkpoints into {result['output']}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from seq2seq.checkpoint import load_checkpoint
 
@@ -49,6 +115,15 @@ def _info(args: argparse.Namespace) -> int:
     shown = {key: payload.get(key) for key in ("format_version", "step", "best_bleu", "run", "config")}
     print(json.dumps(shown, indent=2))
     return 0
+
+
+def _add_decode_arguments(parser: argparse.ArgumentParser, default_beam: int) -> None:
+    parser.add_argument("--beam", type=int, default=default_beam, help=f"beam size, 1 = greedy (default {default_beam})")
+    parser.add_argument("--alpha", type=float, default=1.0, help="GNMT length penalty exponent (default 1.0, 0 = none)")
+    parser.add_argument("--max-output-ratio", type=float, default=1.5, help="output length limit x source length + 5")
+    parser.add_argument("--batch-tokens", type=int, default=4000, help="source tokens per decoding batch")
+    parser.add_argument("--max-src-length", type=int, default=250, help="longer inputs are truncated (pieces), with a warning")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in train.run_dir from last.pt")
     train.add_argument("--force", action="store_true", help="overwrite or resume a run directory whatever it holds")
     train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a checkpoint on a test set")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", choices=["test", "dev"], default="test", help="the config's set to use (default test)")
+    evaluate.add_argument("--src", help="source file (instead of --split)")
+    evaluate.add_argument("--ref", help="reference file (with --src)")
+    evaluate.add_argument("--output", help="hypotheses file (default: beside the checkpoint)")
+    evaluate.add_argument("--report", help="JSON report (default: the hypotheses file with .json)")
+    _add_decode_arguments(evaluate, default_beam=5)
+    evaluate.set_defaults(func=_evaluate)
+
+    translate = commands.add_parser("translate", help="translate interactively, or a file / stdin in batch")
+    translate.add_argument("checkpoint")
+    translate.add_argument("--input", "-i", help="file to translate (default: stdin; a terminal gives the prompt)")
+    translate.add_argument("--output", "-o", help="where to write translations (default: stdout)")
+    translate.add_argument("--n-best", type=int, default=1, help="show the N best translations with scores")
+    translate.add_argument("--alignment", help="write word alignments (Pharaoh i-j, from attention) to this file")
+    translate.add_argument("--attention-png", metavar="DIR", help="interactive: save each attention heatmap as a PNG")
+    translate.add_argument("--no-attention", action="store_true", help="interactive: do not print the heatmap")
+    _add_decode_arguments(translate, default_beam=5)
+    translate.set_defaults(func=_translate)
+
+    average = commands.add_parser("average", help="average the weights of several checkpoints of one run")
+    average.add_argument("checkpoints", nargs="+", help="checkpoint files, or one run directory with --last")
+    average.add_argument("--last", type=int, help="average the N newest step-*.pt of the run directory")
+    average.add_argument("--output", "-o", required=True, help="the averaged checkpoint to write")
+    average.set_defaults(func=_average)
 
     info = commands.add_parser("info", help="show what a checkpoint records (versions, command, config, data)")
     info.add_argument("checkpoint")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
 from torch import Tensor, nn
 
 from seq2seq.attention import build_attention
 from seq2seq.config import ModelConfig
 from seq2seq.decoder import Decoder, DecoderState, Memory
 from seq2seq.encoder import Encoder
+
+if TYPE_CHECKING:
+    from seq2seq.config import Config
+    from seq2seq.tokenizer import Tokenizer
 
 
 class Seq2Seq(nn.Module):
@@ -50,3 +56,31 @@ class Seq2Seq(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (a tied weight counts once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Trained(NamedTuple):
+    """What inference needs from a checkpoint."""
+
+    model: Seq2Seq
+    tokenizer: "Tokenizer"
+    config: "Config"
+    step: Optional[int]
+
+
+def load_trained(path, device="cpu") -> Trained:
+    """A checkpoint's model (eval mode, on `device`), tokenizer, config and step, with one-line errors."""
+    from seq2seq.checkpoint import load_checkpoint
+    from seq2seq.config import config_from_dict
+    from seq2seq.errors import UserError
+    from seq2seq.tokenizer import Tokenizer
+
+    payload = load_checkpoint(path, map_location=device)
+    try:
+        config = config_from_dict(payload["config"])
+        tokenizer = Tokenizer.from_state_dict(payload["tokenizer"])
+        model = Seq2Seq(config.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, TypeError, UserError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"{path} is not a complete seq2seq checkpoint ({reason})") from None
+    return Trained(model.to(device).eval(), tokenizer, config, payload.get("step"))

@@ -44,3 +44,24 @@ def plot_training_curves(run_dir: Path) -> Path:
     plt.close(figure)
     temporary.replace(path)
     return path
+
+
+def plot_attention(src_pieces: list[str], out_pieces: list[str], weights, path: Path, title: str = "") -> Path:
+    """Save an attention heatmap: output pieces (rows) against source pieces (columns)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width = max(4.0, 0.32 * len(src_pieces) + 2)
+    height = max(3.0, 0.3 * len(out_pieces) + 1.5)
+    figure, axis = plt.subplots(figsize=(width, height))
+    image = axis.imshow(weights.float().numpy(), cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(src_pieces)), src_pieces, rotation=90, fontsize=8)
+    axis.set_yticks(range(len(out_pieces)), out_pieces, fontsize=8)
+    axis.set_xlabel("source pieces")
+    axis.set_ylabel("output pieces")
+    if title:
+        axis.set_title(title if len(title) < 80 else title[:77] + "...", fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.03)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -13,16 +13,28 @@ from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 @dataclass
 class Hypothesis:
-    """One output: piece ids (without EOS), total log-probability, attention [len(ids) + 1, S]."""
+    """One output: piece ids (without EOS), its score, attention [len(ids) + 1, S], log-probability.
+
+    `score` ranks hypotheses: the log-probability divided by the length penalty (beam search), or
+    the log-probability itself (greedy search).
+    """
 
     ids: list[int]
     score: float
     attention: Tensor  # one row per output piece and the final EOS; one column per source piece
+    log_prob: float = 0.0
 
 
 def max_output_lengths(src_lengths: Tensor, ratio: float) -> Tensor:
     """The longest output allowed for each source length (pieces, EOS included)."""
     return (src_lengths.float() * ratio).long() + 5
+
+
+def force_eos(log_probs: Tensor, rows: Tensor) -> None:
+    """In place: rows out of room [N] may only end (every piece but EOS gets -inf)."""
+    eos = log_probs[:, EOS_ID].clone()
+    log_probs[rows] = float("-inf")
+    log_probs[:, EOS_ID] = eos
 
 
 @torch.no_grad()
@@ -40,10 +52,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_r
         attentional, state, step_weights = model.decoder(previous, state, memory)  # [B, 1, H], _, [B, 1, S]
         log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B, V]
         log_probs[:, PAD_ID] = float("-inf")
-        out_of_room = limits == step + 1  # the last allowed position must hold EOS
-        log_probs[out_of_room] = torch.where(
-            torch.arange(log_probs.size(1), device=src.device) == EOS_ID, 0.0, float("-inf")
-        )
+        force_eos(log_probs, limits == step + 1)
         best_score, best = log_probs.max(dim=-1)  # [B]
         best = best.masked_fill(finished, PAD_ID)
         scores += best_score.masked_fill(finished, 0.0)
@@ -64,7 +73,77 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_r
 def _hypothesis(tokens: Tensor, score: float, attention: Tensor) -> Hypothesis:
     ids = tokens.tolist()
     length = ids.index(EOS_ID) if EOS_ID in ids else len(ids)
-    return Hypothesis(ids[:length], score, attention[: length + 1])
+    return Hypothesis(ids[:length], score, attention[: length + 1], score)
+
+
+def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
+    """GNMT length penalty ((5 + length) / 6) ** alpha; scores are divided by it (alpha 0: none)."""
+    return ((5 + length) / 6) ** alpha
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_lengths: Tensor,
+    beam_size: int = 5,
+    alpha: float = 1.0,
+    max_output_ratio: float = 1.5,
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """Beam search over a batch of source ids [B, S]: the `n_best` best hypotheses of each sentence.
+
+    All sentences' beams advance together as one batch of B * K rows. At each step the 2K best
+    extensions of a sentence are taken: those ending in EOS among the first K are finished
+    (scored with the length penalty), and the K best others stay alive. A sentence is done once it
+    has K finished hypotheses. Finished hypotheses never take part in later steps, so padding never
+    enters a score. With K = 1 this is exactly greedy search.
+    """
+    device, batch, k = src.device, src.size(0), beam_size
+    src_mask = src != PAD_ID
+    memory, state = model.encode(src, src_lengths, src_mask)
+    rows = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]: each row's sentence
+    memory, state = memory.select(rows), state.select(rows)
+    limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live beam per sentence at the start
+    tokens = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)  # [B*K, t+1]
+    attention = torch.zeros(batch * k, 0, src.size(1), device=device)  # [B*K, t, S]
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(int(limits.max())):
+        attentional, state, step_weights = model.decoder(tokens[:, -1:], state, memory)
+        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B*K, V]
+        log_probs[:, PAD_ID] = float("-inf")
+        force_eos(log_probs, (limits == step + 1).repeat_interleave(k))
+        vocab = log_probs.size(1)
+        candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
+        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # [B, 2K]
+        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+        attention = torch.cat([attention, step_weights.float()], dim=1)  # [B*K, t+1, S]
+        is_eos = (cand_token == EOS_ID) & torch.isfinite(cand_scores)
+        is_eos[:, k:] = False  # only an EOS among the K best can finish a hypothesis
+        is_eos &= ~done[:, None]
+        for b, j in is_eos.nonzero().tolist():
+            if len(finished[b]) >= k:
+                continue
+            row = b * k + int(cand_beam[b, j])
+            ids = tokens[row, 1:].tolist()
+            raw = float(cand_scores[b, j])
+            score = raw / length_penalty(len(ids) + 1, alpha)
+            weights = attention[row, :, : int(src_lengths[b])].cpu()
+            finished[b].append(Hypothesis(ids, score, weights, raw))
+        done |= torch.tensor([len(f) >= k for f in finished], device=device)
+        if bool(done.all()):
+            break
+        # The K best candidates that do not end here stay alive (EOS ones sort last).
+        position = torch.arange(2 * k, device=device).expand(batch, -1)
+        keep = (position + 2 * k * (cand_token == EOS_ID)).argsort(dim=1)[:, :k]  # [B, K]
+        scores = cand_scores.gather(1, keep).masked_fill(done[:, None], float("-inf"))
+        parent = (cand_beam.gather(1, keep) + torch.arange(batch, device=device)[:, None] * k).view(-1)
+        tokens = torch.cat([tokens[parent], cand_token.gather(1, keep).view(-1, 1)], dim=1)
+        attention, state = attention[parent], state.select(parent)
+    return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
 
 
 def decode_lines(
@@ -74,28 +153,37 @@ def decode_lines(
     device: torch.device,
     batch_tokens: int = 4000,
     max_output_ratio: float = 1.5,
+    beam_size: int = 1,
+    alpha: float = 1.0,
+    n_best: int = 1,
     max_src_length: int | None = None,
     progress=None,
-) -> list[Hypothesis]:
-    """Greedy translations of `lines`, batched by length; an empty line gives an empty hypothesis.
+) -> list[list[Hypothesis]]:
+    """The `n_best` translations of each line, batched by length; an empty line gives one empty hypothesis.
 
-    `max_src_length` truncates longer sources (in pieces); `progress` is an optional tqdm bar.
+    Beam size 1 is greedy search. `max_src_length` truncates longer sources (in pieces, EOS
+    included); `progress` is an optional tqdm bar advanced by lines.
     """
     encoded = tokenizer.encode_src(lines)
     if max_src_length is not None:
         encoded = [ids[: max_src_length - 1] for ids in encoded]
-    results: list[Hypothesis | None] = [None] * len(lines)
+    results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, torch.zeros(1, 0))] for _ in lines]
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-    for batch in _length_batches(order, encoded, batch_tokens):
+    for batch in _length_batches(order, encoded, max(1, batch_tokens // beam_size)):
         sources = [torch.tensor(encoded[i] + [EOS_ID]) for i in batch]
         src = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD_ID).to(device)
-        src_lengths = torch.tensor([len(s) for s in sources])
-        for index, hypothesis in zip(batch, greedy_search(model, src, src_lengths.to(device), max_output_ratio)):
-            results[index] = hypothesis
+        src_lengths = torch.tensor([len(s) for s in sources], device=device)
+        if beam_size == 1:
+            found = [[h] for h in greedy_search(model, src, src_lengths, max_output_ratio)]
+        else:
+            found = beam_search(model, src, src_lengths, beam_size, alpha, max_output_ratio, n_best)
+        for index, hypotheses in zip(batch, found):
+            results[index] = hypotheses
         if progress is not None:
             progress.update(len(batch))
-    empty = Hypothesis([], 0.0, torch.zeros(1, 0))
-    return [result if result is not None else empty for result in results]
+    if progress is not None:
+        progress.update(len(lines) - len(order))  # the empty lines
+    return results
 
 
 def _length_batches(order: list[int], encoded: list[list[int]], batch_tokens: int) -> list[list[int]]:

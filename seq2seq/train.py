@@ -381,7 +381,7 @@ class Trainer:
             batch_tokens=self.config.train.batch_tokens,
             max_output_ratio=self.config.train.max_output_ratio,
         )
-        texts = [self.tokenizer.decode_tgt(h.ids) for h in hypotheses]
+        texts = [self.tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
         score = bleu(texts, self.dev.ref)
         record.update(dev_bleu=round(score.value, 2), decode_seconds=round(time.monotonic() - started, 1))
         self.last_dev_hypotheses = texts
