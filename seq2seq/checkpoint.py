@@ -25,18 +25,22 @@ KIND = "seq2seq-checkpoint"
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write `payload` to `path` atomically: a temporary file, flushed to disk, then renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise UserError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint is kept") from None
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (disk full) as RuntimeError
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise UserError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is kept") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -50,12 +54,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "Weights only load failed" in first_line or "weights_only" in str(exc):
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):  # an object that is not plain data
             raise UserError(
                 f"refusing to load {path}: it holds objects other than tensors and plain values "
                 "(it may run code when loaded); only checkpoints written by seq2seq are accepted"
             ) from None
-        raise UserError(f"{path} is not a seq2seq checkpoint (unreadable: {first_line})") from None
+        raise UserError(f"{path} is not a seq2seq checkpoint (truncated, corrupt or another format)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})") from None

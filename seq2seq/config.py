@@ -150,7 +150,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(value, inner[0], path)
+        try:
+            return _convert(value, inner[0], path)
+        except ConfigError:
+            raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}") from None
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")

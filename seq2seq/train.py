@@ -153,6 +153,14 @@ class Trainer:
         self.run_dir = Path(config.train.run_dir)
         self.argv = argv if argv is not None else sys.argv
         self._prepare_run_dir(resume, force)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()  # a failed set-up leaves no log handler behind
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        config = self.config
         self.device = resolve_device(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -198,10 +206,7 @@ class Trainer:
             for stale in ("metrics.jsonl", "progress.jsonl"):
                 (self.run_dir / stale).unlink(missing_ok=True)
         save_config(self.config, saved_config)
-        handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("seq2seq").addHandler(handler)
-        self._log_handler = handler
+        self._log_handler = _attach_run_log(self.run_dir / "train.log")
 
     def _load_data(self, resume_payload: Optional[dict]) -> None:
         data, cache_dir = self.config.data, Path(self.config.data.cache_dir)
@@ -283,6 +288,7 @@ class Trainer:
                     batch_sampler=self.sampler,
                     collate_fn=collate,
                     num_workers=self.config.data.num_workers,
+                    generator=torch.Generator(),  # its own: drawing from the global RNG would change dropout on resume
                 )
                 for batch in loader:
                     loss = self._train_step(batch.to(self.device))
@@ -496,9 +502,29 @@ class Trainer:
         )
         if interrupted:
             log.warning("To continue this run: seq2seq train %s --resume", self.run_dir / "config.yaml")
-        logging.getLogger("seq2seq").removeHandler(self._log_handler)
-        self._log_handler.close()
         return summary
+
+    def close(self) -> None:
+        """Detach the run's log file."""
+        _detach_run_log(getattr(self, "_log_handler", None))
+
+
+def _attach_run_log(path: Path) -> logging.Handler:
+    """Copy the package's INFO log into `path` (also when no CLI set logging up)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    package = logging.getLogger("seq2seq")
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    return handler
+
+
+def _detach_run_log(handler: Optional[logging.Handler]) -> None:
+    if handler is not None:
+        logging.getLogger("seq2seq").removeHandler(handler)
+        handler.close()
 
 
 def _without_run_limits(config: dict) -> dict:
@@ -519,5 +545,9 @@ def _append_jsonl(path: Path, record: dict) -> None:
 
 def train(config: Config, resume: bool = False, force: bool = False, argv: Optional[list[str]] = None) -> dict:
     """Run one training experiment from `config`; returns the summary dict."""
-    return Trainer(config, resume=resume, force=force, argv=argv).run()
+    trainer = Trainer(config, resume=resume, force=force, argv=argv)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 

@@ -1,0 +1,244 @@
+"""Config loading: every mistake gives a ConfigError naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seq2seq.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_duration,
+    save_config,
+)
+from seq2seq.errors import UserError
+
+BASE = {"train": {"max_steps": 10}}  # the smallest valid config: a run needs an end
+
+
+def with_value(dotted: str, value) -> dict:
+    """BASE with one extra `dotted` key set to `value`."""
+    data = copy.deepcopy(BASE)
+    *sections, key = dotted.split(".")
+    node = data
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[key] = value
+    return data
+
+
+def write_yaml(tmp_path: Path, data, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_defaults_plus_an_end_are_valid():
+    config = config_from_dict(BASE)
+    assert isinstance(config, Config)
+    assert config.train.max_steps == 10
+    assert config.model.attention.type == "additive"
+
+
+def test_ConfigError_is_a_UserError():
+    assert issubclass(ConfigError, UserError)
+
+
+@pytest.mark.parametrize(
+    "dotted, suggestion",
+    [
+        ("train.lrr", "train.lr"),
+        ("model.embeding_size", "model.embedding_size"),
+        ("model.attention.typ", "model.attention.type"),
+        ("tokenizer.vocab", "tokenizer.vocab_size"),
+    ],
+)
+def test_unknown_key_names_its_path_and_the_closest_valid_key(dotted: str, suggestion: str):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(with_value(dotted, 1))
+    message = str(error.value)
+    assert f"'{dotted}'" in message
+    assert f"did you mean '{suggestion}'" in message
+
+
+def test_unknown_top_level_section_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian' \(did you mean 'train'\?\)"):
+        config_from_dict({"trian": {}, **BASE})
+
+
+def test_unknown_key_without_a_close_match_lists_the_valid_keys():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(with_value("model.zzzzzz", 1))
+    message = str(error.value)
+    assert "'model.zzzzzz'" in message and "did you mean" not in message
+    assert "embedding_size" in message and "decoder_layers" in message
+
+
+@pytest.mark.parametrize(
+    "dotted, value, allowed",
+    [
+        ("model.embedding_size", "big", "an integer"),
+        ("model.embedding_size", 3.5, "an integer"),
+        ("model.encoder_layers", True, "an integer"),  # YAML booleans are not numbers here
+        ("train.lr", "fast", "a number"),
+        ("tokenizer.joint", "yes please", "true or false"),
+        ("data.src_lang", 7, "a string"),
+        ("train.max_epochs", "ten", "an integer"),
+        ("train.adam_betas", [0.9], "a list of a number, a number"),
+        ("model.attention", "additive", "a mapping of options"),
+    ],
+)
+def test_wrong_type_names_the_key_and_what_is_allowed(dotted: str, value, allowed: str):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(with_value(dotted, value))
+    message = str(error.value)
+    assert f"'{dotted}'" in message
+    assert allowed in message
+    assert repr(value) in message
+
+
+@pytest.mark.parametrize(
+    "dotted, value, choice",
+    [
+        ("tokenizer.model_type", "wordpiece", "'unigram'"),
+        ("train.optimizer", "adagrad", "'adamw'"),
+        ("train.device", "tpu", "'cuda'"),
+        ("train.schedule.type", "cosine", "'inverse_sqrt'"),
+    ],
+)
+def test_literal_keys_list_their_choices(dotted: str, value: str, choice: str):
+    with pytest.raises(ConfigError, match=rf"'{dotted}' must be one of .*{choice}.*got '{value}'"):
+        config_from_dict(with_value(dotted, value))
+
+
+def test_literal_keys_accept_each_choice():
+    for optimizer in ("adam", "adamw", "sgd"):
+        assert config_from_dict(with_value("train.optimizer", optimizer)).train.optimizer == optimizer
+
+
+def test_loose_yaml_numbers_are_accepted_as_floats():
+    config = config_from_dict({"train": {"max_steps": 10, "lr": "1e-3", "clip_grad_norm": 5, "adam_betas": [0.9, 1]}})
+    assert config.train.lr == pytest.approx(1e-3)
+    assert isinstance(config.train.clip_grad_norm, float)
+    assert config.train.adam_betas == (0.9, 1.0)
+
+
+@pytest.mark.parametrize(
+    "dotted, value, expected",
+    [
+        ("model.embedding_size", -8, "greater than 0"),
+        ("model.encoder_hidden_size", 0, "greater than 0"),
+        ("tokenizer.vocab_size", 0, "greater than 0"),
+        ("tokenizer.vocab_size", 5, "at least 8"),
+        ("train.lr", -0.1, "greater than 0"),
+        ("train.max_steps", 0, "greater than 0"),
+        ("train.keep_checkpoints", -1, "0 or more"),
+        ("model.dropout", 1.5, r"in \[0, 1\)"),
+        ("model.dropout", -0.1, r"in \[0, 1\)"),
+        ("train.label_smoothing", 1.0, r"in \[0, 1\)"),
+        ("tokenizer.character_coverage", 0.0, r"in \(0, 1\]"),
+        ("train.max_time", "soon", "duration"),
+    ],
+)
+def test_impossible_values_are_rejected(dotted: str, value, expected: str):
+    with pytest.raises(ConfigError, match=rf"'{dotted}'.*{expected}"):
+        config_from_dict(with_value(dotted, value))
+
+
+def test_cross_key_checks():
+    with pytest.raises(ConfigError, match="has no end"):
+        config_from_dict({})
+    with pytest.raises(ConfigError, match="'data.src_lang' and 'data.tgt_lang' must differ"):
+        config_from_dict({**BASE, "data": {"src_lang": "en", "tgt_lang": "en"}})
+    with pytest.raises(ConfigError, match="tie_embeddings"):
+        config_from_dict({**BASE, "model": {"tie_embeddings": True, "embedding_size": 32, "decoder_hidden_size": 64}})
+    with pytest.raises(ConfigError, match="needs a dev set"):
+        config_from_dict({"train": {"max_steps": 10, "early_stopping_patience": 2}, "data": {"dev": None}})
+    with pytest.raises(ConfigError, match="set train.max_steps"):
+        config_from_dict({"train": {"max_epochs": 1, "schedule": {"type": "linear"}}})
+
+
+def test_attention_options_are_checked_when_the_config_is_validated():
+    bad_dot = {**BASE, "model": {"encoder_hidden_size": 32, "decoder_hidden_size": 48, "attention": {"type": "dot"}}}
+    with pytest.raises(UserError, match="'dot' attention"):
+        config_from_dict(bad_dot)
+
+
+def test_a_config_that_is_not_a_mapping_is_rejected(tmp_path: Path):
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        config_from_dict([1, 2])
+    with pytest.raises(ConfigError, match=r"config file .*list\.yaml must hold a mapping"):
+        load_config(write_yaml(tmp_path, [1, 2], "list.yaml"))
+
+
+def test_overrides_are_applied_and_checked(tmp_path: Path):
+    path = write_yaml(tmp_path, BASE)
+    config = load_config(path, ["train.lr=0.01", "model.attention.type=dot", "model.decoder_hidden_size=512"])
+    assert config.train.lr == 0.01
+    assert config.model.attention.type == "dot"
+    assert config.train.max_steps == 10  # untouched keys keep the file's value
+    assert config_from_dict(BASE).train.lr != 0.01  # the default differs, so the override did something
+
+    with pytest.raises(ConfigError, match=r"did you mean 'train\.lr'"):
+        load_config(path, ["train.lrr=0.01"])
+    with pytest.raises(ConfigError, match=r"'model\.embedding_size' must be an integer, got 'big'"):
+        load_config(path, ["model.embedding_size=big"])
+    with pytest.raises(ConfigError, match=r"'model\.dropout' must be in \[0, 1\)"):
+        load_config(path, ["model.dropout=1.5"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(path, ["train.lr"])
+    with pytest.raises(ConfigError, match=r"'max_steps' is not a section"):
+        load_config(path, ["train.max_steps.value=1"])
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  max_steps: 10\n  lr: [0.1, 0.2\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "not valid YAML" in message and "line" in message
+    assert "\n" not in message
+
+
+def test_missing_config_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nowhere\.yaml"):
+        load_config(tmp_path / "nowhere.yaml")
+
+
+def test_non_utf8_config_file(tmp_path: Path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: año\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)
+
+
+def test_saved_config_loads_back_identically(tmp_path: Path):
+    config = config_from_dict({"train": {"max_steps": 10, "lr": 0.003}, "model": {"attention": {"type": "general"}}})
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90), ("90s", 90), ("8m", 480), ("1.5h", 5400), (" 2h ", 7200), (".5m", 30)],
+)
+def test_parse_duration(text: str, seconds: float):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "8 minutes", "-5s", "1d", "h"])
+def test_parse_duration_rejects_bad_text(text: str):
+    with pytest.raises(ConfigError, match=r"'train\.max_time' must be a duration like"):
+        parse_duration(text)
+
+
+def test_max_time_in_a_config_is_parsed():
+    assert config_from_dict({"train": {"max_time": "8m"}}).train.max_time == "8m"
