@@ -1,12 +1,6 @@
 #!/usr/bin/env python3
-"""Train from a YAML config: the same as `seq2seq train CONFIG ...`."""
+"""The same as `seq2seq train ...`."""
 
-import sys
-from pathlib import Path
+from _wrapper import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from seq2seq.cli import main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+run("train")

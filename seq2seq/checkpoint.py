@@ -53,7 +53,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):  # an object that is not plain data
             raise UserError(
                 f"refusing to load {path}: it holds objects other than tensors and plain values "

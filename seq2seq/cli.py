@@ -1,12 +1,13 @@
-"""Command line: `seq2seq train|evaluate|translate|average|info ...`. Parses arguments and calls library functions only."""
+"""Command line: `seq2seq train|evaluate|translate|average|compare|align|info ...`. Parses arguments and calls library functions only."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from tqdm import tqdm
 
@@ -81,17 +82,17 @@ def _translate(args: argparse.Namespace) -> int:
         png_dir = Path(args.attention_png) if args.attention_png else None
         interactive(translator, show_attention=not args.no_attention, attention_png=png_dir)
         return 0
-    source = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    alignment = open(args.alignment, "w", encoding="utf-8") if args.alignment else None
-    try:
-        translate_batch(translator, source, sink, alignment)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{args.input or 'standard input'} is not UTF-8 text (byte {exc.start + 1} of a line)") from None
-    finally:
-        for handle in (source, sink, alignment):
-            if handle not in (None, sys.stdin, sys.stdout):
-                handle.close()
+    with contextlib.ExitStack() as files:
+        try:
+            source = files.enter_context(open(args.input, encoding="utf-8")) if args.input else sys.stdin
+            sink = files.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
+            alignment = files.enter_context(open(args.alignment, "w", encoding="utf-8")) if args.alignment else None
+        except OSError as exc:
+            raise UserError(f"cannot open {exc.filename}: {exc.strerror}") from None
+        try:
+            translate_batch(translator, source, sink, alignment)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{args.input or 'standard input'} is not UTF-8 text (byte {exc.start + 1} of a line)") from None
     return 0
 
 
@@ -108,6 +109,28 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from seq2seq.compare import compare
+    from seq2seq.config import load_config
+
+    base = load_config(args.config, args.set or [])
+    variants = [v.strip() for v in args.attention.split(",") if v.strip()]
+    output = Path(args.output or f"reports/compare-{base.name}")
+    compare(base, variants, args.budget, output, beam=args.beam, heatmaps=args.heatmaps, force=args.force)
+    print(f"report: {output / 'report.md'}")
+    return 0
+
+
+def _align(args: argparse.Namespace) -> int:
+    from seq2seq.align import force_align
+
+    result = force_align(args.checkpoint, args.src, args.tgt, args.output, args.device)
+    print(f"{result['sentences']} sentences aligned: {result['alignments']} (Pharaoh i-j), {result['weights']} (weights)")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from seq2seq.checkpoint import load_checkpoint
 
@@ -118,11 +141,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _add_decode_arguments(parser: argparse.ArgumentParser, default_beam: int) -> None:
-    parser.add_argument("--beam", type=int, default=default_beam, help=f"beam size, 1 = greedy (default {default_beam})")
+    parser.add_argument(
+        "--beam", type=int, default=default_beam, help=f"beam size, 1 = greedy (default {default_beam})"
+    )
     parser.add_argument("--alpha", type=float, default=1.0, help="GNMT length penalty exponent (default 1.0, 0 = none)")
     parser.add_argument("--max-output-ratio", type=float, default=1.5, help="output length limit x source length + 5")
     parser.add_argument("--batch-tokens", type=int, default=4000, help="source tokens per decoding batch")
-    parser.add_argument("--max-src-length", type=int, default=250, help="longer inputs are truncated (pieces), with a warning")
+    parser.add_argument(
+        "--max-src-length", type=int, default=250, help="longer inputs are truncated (pieces), with a warning"
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -141,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a checkpoint on a test set")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--split", choices=["test", "dev"], default="test", help="the config's set to use (default test)")
+    evaluate.add_argument(
+        "--split", choices=["test", "dev"], default="test", help="the config's set to use (default test)"
+    )
     evaluate.add_argument("--src", help="source file (instead of --split)")
     evaluate.add_argument("--ref", help="reference file (with --src)")
     evaluate.add_argument("--output", help="hypotheses file (default: beside the checkpoint)")
@@ -166,13 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("--output", "-o", required=True, help="the averaged checkpoint to write")
     average.set_defaults(func=_average)
 
+    compare = commands.add_parser("compare", help="train and compare attention variants, everything else equal")
+    compare.add_argument("config", help="base YAML config, e.g. configs/attention-compare.yaml")
+    compare.add_argument("--attention", default="none,dot,general,additive", help="comma-separated variants")
+    compare.add_argument("--budget", default="20m", help="per variant: wall clock ('20m', '1h') or updates ('2000')")
+    compare.add_argument("--output", help="report directory (default reports/compare-<config name>)")
+    compare.add_argument("--beam", type=int, default=1, help="test decoding beam size (default 1: greedy)")
+    compare.add_argument("--heatmaps", type=int, default=3, help="test sentences to draw attention heatmaps for")
+    compare.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a base config value")
+    compare.add_argument("--force", action="store_true", help="overwrite earlier runs in the report directory")
+    compare.set_defaults(func=_compare)
+
+    align = commands.add_parser("align", help="word alignments from attention for given translations")
+    align.add_argument("checkpoint")
+    align.add_argument("--src", required=True, help="source sentences")
+    align.add_argument("--tgt", required=True, help="their translations (one per line)")
+    align.add_argument("--output", "-o", required=True, help="output prefix: writes PREFIX.align and PREFIX.npz")
+    align.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    align.set_defaults(func=_align)
+
     info = commands.add_parser("info", help="show what a checkpoint records (versions, command, config, data)")
     info.add_argument("checkpoint")
     info.set_defaults(func=_info)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one line and return status 2."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

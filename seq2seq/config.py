@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -30,8 +31,8 @@ class DataConfig:
     src_lang: str = "es"
     tgt_lang: str = "en"
     train: str = "data/train"  # prefix: reads data/train.es and data/train.en (or .gz)
-    dev: Optional[str] = "data/dev"
-    test: Optional[str] = "data/test"
+    dev: str | None = "data/dev"
+    test: str | None = "data/test"
     max_src_length: int = 100  # in pieces; longer training pairs are skipped and counted
     max_tgt_length: int = 100
     cache_dir: str = ".cache/seq2seq"  # encoded corpora and SentencePiece models, keyed by content
@@ -92,20 +93,21 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # CPU threads for torch (0: torch's default)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for training and validation
     batch_tokens: int = 4000  # padded target tokens per batch (source is bucketed alike)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1.0e-3
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.98)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    clip_grad_norm: Optional[float] = 1.0  # null: no clipping
+    clip_grad_norm: float | None = 1.0  # null: no clipping
     label_smoothing: float = 0.1
-    max_steps: Optional[int] = None
-    max_epochs: Optional[int] = None
-    max_time: Optional[str] = None  # wall clock, e.g. "90s", "8m", "2h" (null: unlimited)
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_time: str | None = None  # wall clock, e.g. "90s", "8m", "2h" (null: unlimited)
     validate_every: int = 1000  # steps
-    validate_max_sentences: Optional[int] = None  # null: the whole dev set
-    early_stopping_patience: Optional[int] = None  # validations without a better dev BLEU
+    validate_max_sentences: int | None = None  # null: the whole dev set
+    early_stopping_patience: int | None = None  # validations without a better dev BLEU
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt and last.pt
     log_every: int = 50  # steps between log lines
     max_output_ratio: float = 1.5  # decoding stops after this x source length (+5) pieces
@@ -124,12 +126,14 @@ class Config:
 
 # --- building dataclasses from plain dicts, with checks -------------------------------------
 
+UNION_TYPES = (typing.Union, types.UnionType)  # Optional[int] and int | None
+
 
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
-    if origin is typing.Union:
+    if origin in UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " or null"
     if origin is tuple:
@@ -146,7 +150,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
         return _build(tp, value, path)
-    if origin is typing.Union:
+    if origin in UNION_TYPES:
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]

@@ -13,9 +13,9 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ class EncodedCorpus:
         )
 
     @classmethod
-    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> "EncodedCorpus":
+    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> EncodedCorpus:
         """Pack lists of id lists into flat arrays."""
 
         def pack(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +134,11 @@ class EncodedCorpus:
             np.save(directory / f"{name}.npy", getattr(self, name))
 
     @classmethod
-    def load(cls, directory: Path) -> "EncodedCorpus":
+    def load(cls, directory: Path) -> EncodedCorpus:
         """Memory-map the arrays written by `save`."""
-        arrays = [np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")]
+        arrays = [
+            np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")
+        ]
         return cls(*arrays)
 
 
@@ -227,9 +229,11 @@ class Batch:
     def num_tgt_tokens(self) -> int:
         return int((self.tgt_out != PAD_ID).sum())
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         """The same batch on `device`."""
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out)))
+        return Batch(
+            *(t.to(device, non_blocking=True) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out))
+        )
 
 
 def pad(sequences: Sequence[Tensor], value: int = PAD_ID) -> Tensor:

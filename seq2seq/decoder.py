@@ -26,7 +26,7 @@ class Memory(NamedTuple):
     values: Tensor
     mask: Tensor
 
-    def select(self, index: Tensor) -> "Memory":
+    def select(self, index: Tensor) -> Memory:
         """Rows `index` of the batch (for beam search)."""
         return Memory(self.keys[index], self.values[index], self.mask[index])
 
@@ -37,7 +37,7 @@ class DecoderState(NamedTuple):
     hidden: Tensor
     attentional: Tensor
 
-    def select(self, index: Tensor) -> "DecoderState":
+    def select(self, index: Tensor) -> DecoderState:
         """Rows `index` of the batch (for beam search)."""
         return DecoderState(self.hidden[:, index], self.attentional[index])
 
@@ -63,7 +63,9 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.bridge = nn.Linear(key_size, layers * hidden_size)
         rnn_input = embedding_size + (hidden_size if input_feeding else 0)
-        self.rnn = nn.GRU(rnn_input, hidden_size, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = nn.GRU(
+            rnn_input, hidden_size, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
         self.attention = attention
         self.combine = nn.Linear(hidden_size + key_size, hidden_size)
         self.output = nn.Linear(hidden_size, vocab_size)

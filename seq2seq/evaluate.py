@@ -7,9 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import torch
 from tqdm import tqdm
 
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
@@ -43,7 +41,7 @@ class DecodeOptions:
             raise UserError("--max-output-ratio and --batch-tokens must be positive, --max-src-length at least 2")
 
 
-def test_files(config, split: str, src: Optional[str], ref: Optional[str]) -> tuple[list[str], list[str], str]:
+def test_files(config, split: str, src: str | None, ref: str | None) -> tuple[list[str], list[str], str]:
     """Source and reference lines: the given files, or the config's split (test or dev)."""
     if (src is None) != (ref is None):
         raise UserError("give both --src and --ref, or neither (then --split chooses the config's test or dev set)")
@@ -62,14 +60,15 @@ def test_files(config, split: str, src: Optional[str], ref: Optional[str]) -> tu
 def evaluate(
     checkpoint: str,
     split: str = "test",
-    src: Optional[str] = None,
-    ref: Optional[str] = None,
-    options: DecodeOptions = DecodeOptions(),
-    output: Optional[str] = None,
-    report: Optional[str] = None,
+    src: str | None = None,
+    ref: str | None = None,
+    options: DecodeOptions | None = None,
+    output: str | None = None,
+    report: str | None = None,
     device: str = "auto",
 ) -> dict:
     """Translate a test set with a checkpoint; write hypotheses and a JSON report; return the report."""
+    options = options or DecodeOptions()
     options.check()
     torch_device = resolve_device(device)
     model, tokenizer, config, step = load_trained(checkpoint, torch_device)
@@ -125,7 +124,9 @@ def average_checkpoints(paths: list[str], output: str) -> dict:
     reference = payloads[-1]
     for path, payload in zip(paths, payloads):
         if payload.get("config", {}).get("model") != reference.get("config", {}).get("model"):
-            raise UserError(f"{path} has a different model config from {paths[-1]}: only checkpoints of one run can be averaged")
+            raise UserError(
+                f"{path} has a different model config from {paths[-1]}: only checkpoints of one run can be averaged"
+            )
         if payload["model"].keys() != reference["model"].keys():
             raise UserError(f"{path} has different parameters from {paths[-1]}")
     averaged = {}

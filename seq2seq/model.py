@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch import Tensor, nn
 
@@ -43,13 +43,18 @@ class Seq2Seq(nn.Module):
         states, summary = self.encoder(src, src_lengths)
         return self.decoder.make_memory(states, src_mask), self.decoder.init_state(summary)
 
-    def forward(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_mask: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
         """Teacher forcing: attentional vectors [B, T, H] and attention weights [B, T, S].
 
-        Apply `self.decoder.logits` to the positions you need (training skips padding).
+        With `tgt_mask` [B, T], returns instead the logits [N, V] of the N positions it marks
+        (training skips padding this way), and the weights.
         """
         memory, state = self.encode(src, src_lengths, src_mask)
         attentional, _, weights = self.decoder(tgt_in, state, memory)
+        if tgt_mask is not None:
+            return self.decoder.logits(attentional[tgt_mask]), weights
         return attentional, weights
 
 
@@ -62,9 +67,9 @@ class Trained(NamedTuple):
     """What inference needs from a checkpoint."""
 
     model: Seq2Seq
-    tokenizer: "Tokenizer"
-    config: "Config"
-    step: Optional[int]
+    tokenizer: Tokenizer
+    config: Config
+    step: int | None
 
 
 def load_trained(path, device="cpu") -> Trained:

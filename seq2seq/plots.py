@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -26,7 +26,9 @@ def plot_training_curves(run_dir: Path) -> Path:
     for column, x_key, x_label in ((0, "step", "updates"), (1, "minutes", "minutes of training")):
         loss_axis, bleu_axis = axes[0, column], axes[1, column]
         if progress:
-            loss_axis.plot([p[x_key] for p in progress], [p["train_loss"] for p in progress], label="train loss (smoothed labels)")
+            loss_axis.plot(
+                [p[x_key] for p in progress], [p["train_loss"] for p in progress], label="train loss (label-smoothed)"
+            )
         if metrics:
             loss_axis.plot([m[x_key] for m in metrics], [m["dev_loss"] for m in metrics], "o-", label="dev loss")
             bleu_axis.plot([m[x_key] for m in metrics], [m["dev_bleu"] for m in metrics], "o-", color="tab:green")
@@ -61,6 +63,27 @@ def plot_attention(src_pieces: list[str], out_pieces: list[str], weights, path: 
     if title:
         axis.set_title(title if len(title) < 80 else title[:77] + "...", fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.03)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_bleu_by_length(scores: dict[str, dict[str, float | None]], path: Path) -> Path:
+    """Line plot of BLEU per source-length bucket, one line per variant."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for variant, by_bucket in scores.items():
+        labels = list(by_bucket)
+        values = [float("nan") if v is None else v for v in by_bucket.values()]
+        axis.plot(range(len(labels)), values, "o-", label=variant)
+        axis.set_xticks(range(len(labels)), labels)
+    axis.set_xlabel("source length (words)")
+    axis.set_ylabel("test BLEU")
+    axis.set_title("BLEU by source length")
+    axis.grid(alpha=0.3)
+    axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

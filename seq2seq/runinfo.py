@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Sequence
 
 
 def package_version(name: str) -> str:
@@ -19,9 +19,7 @@ def package_version(name: str) -> str:
 def run_record(argv: Sequence[str], data_digests: Sequence[str]) -> dict:
     """Plain values describing how and where a checkpoint was made."""
     return {
-        "versions": {
-            name: package_version(name) for name in ("seq2seq", "torch", "sentencepiece", "sacrebleu")
-        }
+        "versions": {name: package_version(name) for name in ("seq2seq", "torch", "sentencepiece", "sacrebleu")}
         | {"python": platform.python_version()},
         "command": " ".join(argv),
         "train_data_sha256": list(data_digests),

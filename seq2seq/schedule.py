@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from seq2seq.config import ScheduleConfig
 
@@ -11,7 +10,7 @@ from seq2seq.config import ScheduleConfig
 class LearningRateSchedule:
     """The learning rate for each step; `plateau` also reacts to dev scores."""
 
-    def __init__(self, config: ScheduleConfig, base_lr: float, max_steps: Optional[int]):
+    def __init__(self, config: ScheduleConfig, base_lr: float, max_steps: int | None):
         self.config, self.base_lr, self.max_steps = config, base_lr, max_steps
         self.plateau_scale = 1.0
         self.best_score = -math.inf
@@ -47,7 +46,11 @@ class LearningRateSchedule:
 
     def state_dict(self) -> dict:
         """Plain values for a checkpoint."""
-        return {"plateau_scale": self.plateau_scale, "best_score": self.best_score, "bad_validations": self.bad_validations}
+        return {
+            "plateau_scale": self.plateau_scale,
+            "best_score": self.best_score,
+            "bad_validations": self.bad_validations,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state_dict()` output."""

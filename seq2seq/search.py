@@ -65,8 +65,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_r
     token_matrix = torch.stack(tokens, dim=1).cpu()  # [B, T]
     weight_matrix = torch.stack(weights, dim=1).float().cpu()  # [B, T, S]
     return [
-        _hypothesis(token_matrix[i], float(scores[i]), weight_matrix[i, :, : int(src_lengths[i])])
-        for i in range(batch)
+        _hypothesis(token_matrix[i], float(scores[i]), weight_matrix[i, :, : int(src_lengths[i])]) for i in range(batch)
     ]
 
 

@@ -10,8 +10,8 @@ import hashlib
 import io
 import logging
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -69,7 +69,7 @@ class Tokenizer:
         return {"src_model": self.src_model, "tgt_model": self.tgt_model}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Tokenizer":
+    def from_state_dict(cls, state: dict) -> Tokenizer:
         """Rebuild from `state_dict()` output."""
         return cls(state["src_model"], state["tgt_model"])
 

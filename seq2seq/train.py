@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from seq2seq.data import (
     load_training_corpus,
     read_parallel,
 )
+from seq2seq.distributed import any_process, barrier, gather_objects, init_distributed, shutdown
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
 from seq2seq.model import Seq2Seq, count_parameters
@@ -79,12 +80,14 @@ def build_optimizer(config: Config, model: Seq2Seq) -> torch.optim.Optimizer:
     return cls(model.parameters(), lr=train.lr, betas=train.adam_betas, weight_decay=train.weight_decay)
 
 
-def sequence_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy per target token under teacher forcing (padding skipped)."""
-    attentional, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, H]
-    target_mask = batch.tgt_out != PAD_ID  # [B, T]
-    logits = model.decoder.logits(attentional[target_mask])  # [N, V]: real positions only
-    return F.cross_entropy(logits.float(), batch.tgt_out[target_mask], label_smoothing=label_smoothing)
+def sequence_loss(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy per target token under teacher forcing (padding skipped).
+
+    `model` is a Seq2Seq or its DistributedDataParallel wrapper.
+    """
+    tgt_mask = batch.tgt_out != PAD_ID  # [B, T]
+    logits, _ = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, tgt_mask)  # [N, V]
+    return F.cross_entropy(logits.float(), batch.tgt_out[tgt_mask], label_smoothing=label_smoothing)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class TrainingState:
     validations_without_improvement: int = 0
     bad_steps: int = 0  # updates skipped for a non-finite loss or gradient
     consecutive_bad: int = 0
+    world_size: int = 1  # processes the run trains with (torchrun)
     history: list[dict] = field(default_factory=list)  # validation records
 
 
@@ -115,7 +119,9 @@ class DevSet:
 def make_dev_set(src: list[str], ref: list[str], tokenizer: Tokenizer, batch_tokens: int) -> DevSet:
     """Dev lines plus teacher-forcing batches of their non-empty pairs."""
     pairs = [(s, t) for s, t in zip(src, ref) if s.strip() and t.strip()]
-    corpus = EncodedCorpus.from_lists(tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs]))
+    corpus = EncodedCorpus.from_lists(
+        tokenizer.encode_src([s for s, _ in pairs]), tokenizer.encode_tgt([t for _, t in pairs])
+    )
     dataset = ParallelDataset(corpus)
     longest = 1 + int(max(corpus.src_lengths.max(initial=0), corpus.tgt_lengths.max(initial=0)))
     sampler = TokenBucketSampler(corpus.src_lengths, corpus.tgt_lengths, max(batch_tokens, longest), shuffle=False)
@@ -129,7 +135,7 @@ class StopRequest:
         self.requested = False
         self._previous = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -148,10 +154,14 @@ class StopRequest:
 class Trainer:
     """One training run: owns the model, optimizer, schedule, data and run directory."""
 
-    def __init__(self, config: Config, resume: bool = False, force: bool = False, argv: Optional[list[str]] = None):
+    def __init__(self, config: Config, resume: bool = False, force: bool = False, argv: list[str] | None = None):
         self.config = config
         self.run_dir = Path(config.train.run_dir)
         self.argv = argv if argv is not None else sys.argv
+        self.group, self.device = init_distributed(resolve_device(config.train.device))
+        if not self.group.is_main:  # one voice: the other processes only warn
+            logging.getLogger("seq2seq").setLevel(logging.WARNING)
+        self._log_handler = None
         self._prepare_run_dir(resume, force)
         try:
             self._setup(resume)
@@ -161,25 +171,33 @@ class Trainer:
 
     def _setup(self, resume: bool) -> None:
         config = self.config
-        self.device = resolve_device(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         set_seed(config.train.seed)
-        self.state = TrainingState()
+        self.state = TrainingState(world_size=self.group.world_size)
         resume_payload = ckpt.load_checkpoint(self.run_dir / "last.pt") if resume else None
         self._load_data(resume_payload)
         self.model = build_model(config, self.tokenizer).to(self.device)
+        self.train_model = self.model  # what training calls: the model, or its DDP wrapper
+        if self.group.active:
+            torch.manual_seed(config.train.seed + self.group.rank)  # same weights, different dropout per process
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         self.optimizer = build_optimizer(config, self.model)
         self.schedule = LearningRateSchedule(config.train.schedule, config.train.lr, config.train.max_steps)
         self.max_seconds = parse_duration(config.train.max_time) if config.train.max_time else None
         if resume_payload is not None:
             self._restore(resume_payload)
         log.info(
-            "Model: %s parameters; attention %s; input feeding %s; device %s",
+            "Model: %s parameters; attention %s; input feeding %s; device %s, %s%s",
             f"{count_parameters(self.model):,}",
             config.model.attention.type,
             config.model.input_feeding,
             self.device,
+            config.train.precision,
+            f"; {self.group.world_size} processes" if self.group.active else "",
         )
 
     # --- set-up ------------------------------------------------------------------------------
@@ -201,6 +219,8 @@ class Trainer:
                 f"{self.run_dir} already holds a run: add --resume to continue it, choose another "
                 "train.run_dir, or add --force to start over there"
             )
+        if not self.group.is_main:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             for stale in ("metrics.jsonl", "progress.jsonl"):
@@ -208,21 +228,25 @@ class Trainer:
         save_config(self.config, saved_config)
         self._log_handler = _attach_run_log(self.run_dir / "train.log")
 
-    def _load_data(self, resume_payload: Optional[dict]) -> None:
+    def _load_data(self, resume_payload: dict | None) -> None:
         data, cache_dir = self.config.data, Path(self.config.data.cache_dir)
         src_lines, tgt_lines, paths = read_parallel(data.train, data.src_lang, data.tgt_lang)
         self.data_digests = (file_digest(paths[0]), file_digest(paths[1]))
         log.info("Training corpus: %s and %s, %d pairs", paths[0], paths[1], len(src_lines))
+        if not self.group.is_main:
+            barrier(self.group)  # the main process fills the cache first; the others then read it
         if resume_payload is not None:
             self.tokenizer = Tokenizer.from_state_dict(resume_payload["tokenizer"])
         else:
             self.tokenizer = build_tokenizer(
                 src_lines, tgt_lines, self.data_digests, self.config.tokenizer, cache_dir, self.config.train.seed
             )
-        self.tokenizer.save(self.run_dir)
         corpus, stats = load_training_corpus(
             src_lines, tgt_lines, self.data_digests, self.tokenizer, data.max_src_length, data.max_tgt_length, cache_dir
         )
+        if self.group.is_main:
+            self.tokenizer.save(self.run_dir)
+            barrier(self.group)
         log.info(
             "Kept %d of %d training pairs (skipped: %d empty, %d longer than %d/%d pieces)",
             stats["kept"],
@@ -239,10 +263,15 @@ class Trainer:
             )
         self.dataset = ParallelDataset(corpus)
         self.sampler = TokenBucketSampler(
-            corpus.src_lengths, corpus.tgt_lengths, self.config.train.batch_tokens, seed=self.config.train.seed
+            corpus.src_lengths,
+            corpus.tgt_lengths,
+            self.config.train.batch_tokens,
+            seed=self.config.train.seed,
+            num_replicas=self.group.world_size,
+            rank=self.group.rank,
         )
         self.dev = None
-        if data.dev:
+        if data.dev and self.group.is_main:
             dev_src, dev_ref, _ = read_parallel(data.dev, data.src_lang, data.tgt_lang)
             limit = self.config.train.validate_max_sentences
             self.dev = make_dev_set(dev_src[:limit], dev_ref[:limit], self.tokenizer, self.config.train.batch_tokens)
@@ -253,9 +282,14 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
         self.state = TrainingState(**payload["training_state"])
+        if self.state.world_size != self.group.world_size:
+            raise UserError(
+                f"{self.run_dir} was trained with {self.state.world_size} process(es), not {self.group.world_size}: "
+                "resume with the same number (the position in the data depends on it)"
+            )
         rng = payload["rng"]
         random.setstate(_python_rng_state(rng["python"]))
-        torch.set_rng_state(rng["torch"])
+        torch.set_rng_state(rng["torch"][self.group.rank])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         log.info(
@@ -274,8 +308,14 @@ class Trainer:
         """Train until a limit or early stopping; returns the summary."""
         train = self.config.train
         start = time.monotonic() - self.state.elapsed
-        bar = tqdm(total=train.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True, disable=None)
-        interval_loss, interval_tokens, interval_steps, interval_start = 0.0, 0, 0, time.monotonic()
+        bar = tqdm(
+            total=train.max_steps,
+            initial=self.state.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=None if self.group.is_main else True,
+        )
+        interval_loss, interval_tokens, interval_start = 0.0, 0, time.monotonic()
         stop_reason = None
         with StopRequest() as stop:
             while stop_reason is None:
@@ -297,16 +337,17 @@ class Trainer:
                         tokens = batch.num_tgt_tokens
                         interval_loss += loss * tokens
                         interval_tokens += tokens
-                        interval_steps += 1
                     self.state.elapsed = time.monotonic() - start
                     bar.update(1)
                     if self.state.step % train.log_every == 0 and interval_tokens:
                         seconds = time.monotonic() - interval_start
                         self._log_progress(bar, interval_loss / interval_tokens, interval_tokens / seconds)
-                        interval_loss, interval_tokens, interval_steps, interval_start = 0.0, 0, 0, time.monotonic()
-                    stop_reason = self._limit_reached(stop.requested)
-                    if self.state.step % train.validate_every == 0 or stop_reason:
-                        early = self._validate_and_save()
+                        interval_loss, interval_tokens, interval_start = 0.0, 0, time.monotonic()
+                    stop_reason, interrupted = self._agreed_stop(stop.requested)
+                    if interrupted:  # save at once; validating could take minutes
+                        self._save_point(validate=False)
+                    elif self.state.step % train.validate_every == 0 or stop_reason:
+                        early = self._save_point(validate=True)
                         stop_reason = stop_reason or early
                         interval_start = time.monotonic()  # validation time is not training speed
                     if stop_reason:
@@ -315,25 +356,32 @@ class Trainer:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
         bar.close()
-        return self._finish(stop_reason, interrupted=stop.requested)
+        return self._finish(stop_reason, interrupted=stop_reason == "interrupted")
 
-    def _train_step(self, batch: Batch) -> Optional[float]:
+    def _train_step(self, batch: Batch) -> float | None:
         """One update; returns the loss, or None when it was skipped as non-finite."""
         self.model.train()
         self.state.step += 1
         lr = self.schedule.lr(self.state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = sequence_loss(self.model, batch, self.config.train.label_smoothing)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss = sequence_loss(self.train_model, batch, self.config.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # the scaler only scales with fp16
+        self.scaler.unscale_(self.optimizer)
         clip = self.config.train.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
         loss_value = loss.item()
         if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
+            self.scaler.update()  # fp16: a smaller scale next time
             self.state.bad_steps += 1
             self.state.consecutive_bad += 1
-            log.warning("Step %d: non-finite loss or gradient, update skipped (%d so far)", self.state.step, self.state.bad_steps)
+            log.warning(
+                "Step %d: non-finite loss or gradient, update skipped (%d so far)",
+                self.state.step,
+                self.state.bad_steps,
+            )
             if self.state.consecutive_bad >= MAX_BAD_STEPS_IN_A_ROW:
                 raise UserError(
                     f"{MAX_BAD_STEPS_IN_A_ROW} updates in a row had a non-finite loss or gradient: the run diverged; "
@@ -341,10 +389,43 @@ class Trainer:
                 )
             return None
         self.state.consecutive_bad = 0
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return loss_value
 
-    def _limit_reached(self, stop_requested: bool) -> Optional[str]:
+    def _agreed_stop(self, stop_requested: bool) -> tuple[str | None, bool]:
+        """Why to stop now (or None), and whether it is an interruption; all processes agree."""
+        reason = self._limit_reached(stop_requested)
+        if not self.group.active:
+            return reason, reason == "interrupted"
+        interrupted = any_process(self.group, reason == "interrupted")
+        if interrupted:
+            return "interrupted", True
+        if any_process(self.group, reason is not None):
+            return reason or "another process reached a limit", False
+        return None, False
+
+    def _save_point(self, validate: bool) -> str | None:
+        """Every process calls this together: the main one validates (if asked) and writes checkpoints.
+
+        Returns a reason to stop early, which all processes then share.
+        """
+        rng = {"python": random.getstate(), "torch": gather_objects(self.group, torch.get_rng_state())}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        early = None
+        if self.group.is_main:
+            if validate:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    early = self._validate_and_save(rng)
+            else:
+                self._save_checkpoints(False, rng)
+        barrier(self.group)
+        if any_process(self.group, early is not None):
+            return early or "early stopping (decided by the main process)"
+        return None
+
+    def _limit_reached(self, stop_requested: bool) -> str | None:
         train = self.config.train
         if stop_requested:
             return "interrupted"
@@ -404,7 +485,7 @@ class Trainer:
             tokens += count
         return total / max(tokens, 1)
 
-    def _validate_and_save(self) -> Optional[str]:
+    def _validate_and_save(self, rng: dict) -> str | None:
         """Validate, write metrics, plots and checkpoints; returns a reason to stop early, if any."""
         record = self.validate()
         record["minutes"] = round(self.state.elapsed / 60, 3)
@@ -431,7 +512,7 @@ class Trainer:
             )
         self.state.history.append(record)
         _append_jsonl(self.run_dir / "metrics.jsonl", record)
-        self._save_checkpoints(improved or self.dev is None)
+        self._save_checkpoints(improved or self.dev is None, rng)
         plot_training_curves(self.run_dir)
         patience = self.config.train.early_stopping_patience
         if patience is not None and self.state.validations_without_improvement >= patience:
@@ -446,18 +527,17 @@ class Trainer:
             "model": self.model.state_dict(),
             "step": self.state.step,
             "best_bleu": self.state.best_bleu,
-            "run": run_record(self.argv, self.data_digests),
+            "run": run_record(self.argv, self.data_digests) | {"processes": self.group.world_size},
         }
 
-    def _save_checkpoints(self, is_best: bool) -> None:
+    def _save_checkpoints(self, is_best: bool, rng: dict) -> None:
         weights = self.weights_payload()
         resume = {
             **weights,
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "training_state": {k: v for k, v in vars(self.state).items() if k in TrainingState.__dataclass_fields__},
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}
-            | ({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            "rng": rng,
         }
         ckpt.save_checkpoint(resume, self.run_dir / "last.pt")
         if is_best:
@@ -468,12 +548,14 @@ class Trainer:
             for old in step_files[: -self.config.train.keep_checkpoints]:
                 old.unlink(missing_ok=True)  # pruned only once the newer one is safely written
 
-    def _finish(self, stop_reason: Optional[str], interrupted: bool) -> dict:
+    def _finish(self, stop_reason: str | None, interrupted: bool) -> dict:
         state = self.state
         summary = {
             "stop_reason": stop_reason,
             "steps": state.step,
-            "epochs": round(state.epoch + state.batch_in_epoch / max(1, len(self.sampler.rank_batches(state.epoch))), 2),
+            "epochs": round(
+                state.epoch + state.batch_in_epoch / max(1, len(self.sampler.rank_batches(state.epoch))), 2
+            ),
             "minutes": round(state.elapsed / 60, 2),
             "best_dev_bleu": state.best_bleu if self.dev is not None else None,
             "best_step": state.best_step,
@@ -482,7 +564,10 @@ class Trainer:
             "last_checkpoint": str(self.run_dir / "last.pt"),
             "curves": str(self.run_dir / "curves.png"),
             "interrupted": interrupted,
+            "processes": self.group.world_size,
         }
+        if not self.group.is_main:
+            return summary
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         bleu_text = (
             f"best dev BLEU {state.best_bleu:.2f} at step {state.best_step}" if self.dev is not None else "no dev set"
@@ -505,8 +590,9 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Detach the run's log file."""
+        """Detach the run's log file and leave the process group."""
         _detach_run_log(getattr(self, "_log_handler", None))
+        shutdown(self.group)
 
 
 def _attach_run_log(path: Path) -> logging.Handler:
@@ -521,7 +607,7 @@ def _attach_run_log(path: Path) -> logging.Handler:
     return handler
 
 
-def _detach_run_log(handler: Optional[logging.Handler]) -> None:
+def _detach_run_log(handler: logging.Handler | None) -> None:
     if handler is not None:
         logging.getLogger("seq2seq").removeHandler(handler)
         handler.close()
@@ -543,11 +629,10 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def train(config: Config, resume: bool = False, force: bool = False, argv: Optional[list[str]] = None) -> dict:
+def train(config: Config, resume: bool = False, force: bool = False, argv: list[str] | None = None) -> dict:
     """Run one training experiment from `config`; returns the summary dict."""
     trainer = Trainer(config, resume=resume, force=force, argv=argv)
     try:
         return trainer.run()
     finally:
         trainer.close()
-

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import TextIO
 
 import torch
 from tqdm import tqdm
 
+from seq2seq.errors import UserError
 from seq2seq.evaluate import DecodeOptions
 from seq2seq.model import Trained, load_trained
 from seq2seq.plots import plot_attention
@@ -25,7 +26,9 @@ HISTORY_FILE = Path.home() / ".seq2seq_history"
 # --- attention as text and as word alignments ------------------------------------------------
 
 
-def attention_heatmap(src_pieces: list[str], out_pieces: list[str], weights: torch.Tensor, label_width: int = 14) -> str:
+def attention_heatmap(
+    src_pieces: list[str], out_pieces: list[str], weights: torch.Tensor, label_width: int = 14
+) -> str:
     """A terminal heatmap: one row per output piece, one column per source piece (names written downwards).
 
     weights: [len(out_pieces), len(src_pieces)]; darker blocks mean more attention.
@@ -81,6 +84,8 @@ class Translator:
 
     def __init__(self, checkpoint: str, options: DecodeOptions, device: str = "auto", n_best: int = 1):
         options.check()
+        if n_best < 1:
+            raise UserError(f"--n-best must be 1 or more, got {n_best}")
         self.options, self.n_best = options, n_best
         self.device = resolve_device(device)
         trained: Trained = load_trained(checkpoint, self.device)
@@ -117,14 +122,21 @@ class Translator:
         limit = self.options.max_src_length - 1
         for number, ids in enumerate(self.tokenizer.encode_src(lines), start=1):
             if len(ids) > limit:
-                log.warning("line %d has %d pieces: only the first %d are translated (--max-src-length)", number, len(ids), limit)
+                log.warning(
+                    "line %d has %d pieces: only the first %d are translated (--max-src-length)",
+                    number,
+                    len(ids),
+                    limit,
+                )
 
 
-def translate_batch(translator: Translator, source: TextIO, sink: TextIO, alignment: Optional[TextIO] = None) -> int:
+def translate_batch(translator: Translator, source: TextIO, sink: TextIO, alignment: TextIO | None = None) -> int:
     """Translate every line of `source` to `sink` (one output line per input line); returns the line count."""
     lines = [line.rstrip("\r\n") for line in source]
     translator.warn_if_truncated(lines)
-    with tqdm(total=len(lines), unit="sent", desc="translating", disable=None if len(lines) > 50 else True, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(lines), unit="sent", desc="translating", disable=None if len(lines) > 50 else True, file=sys.stderr
+    ) as bar:
         results = translator.translate(lines, progress=bar)
     for line, hypotheses in zip(lines, results):
         if translator.n_best > 1:
@@ -140,7 +152,7 @@ def translate_batch(translator: Translator, source: TextIO, sink: TextIO, alignm
 def interactive(
     translator: Translator,
     show_attention: bool = True,
-    attention_png: Optional[Path] = None,
+    attention_png: Path | None = None,
     prompt: str = "> ",
     out: TextIO = sys.stdout,
 ) -> None:
@@ -174,7 +186,9 @@ def interactive(
             out.write(attention_heatmap(src_pieces, out_pieces, weights) + "\n")
         if attention_png is not None and out_pieces:
             count += 1
-            path = plot_attention(src_pieces, out_pieces, weights, attention_png / f"attention-{count:03d}.png", title=line)
+            path = plot_attention(
+                src_pieces, out_pieces, weights, attention_png / f"attention-{count:03d}.png", title=line
+            )
             out.write(f"(attention saved to {path})\n")
         out.flush()
     _save_history()

@@ -1,0 +1,50 @@
+"""Attention-derived word alignments for given translations (forced decoding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from seq2seq.data import EncodedCorpus, ParallelDataset, collate, read_lines
+from seq2seq.errors import UserError
+from seq2seq.model import load_trained
+from seq2seq.train import resolve_device
+from seq2seq.translate import pharaoh, word_alignment
+
+
+@torch.no_grad()
+def force_align(checkpoint: str, src_file: str, tgt_file: str, output: str, device: str = "auto",
+                batch_size: int = 64) -> dict:
+    """Teacher-force each given translation; write OUTPUT.align (Pharaoh i-j) and OUTPUT.npz (raw weights).
+
+    The .npz holds, for sentence n, `weights_n` [target pieces + EOS, source pieces + EOS] and the
+    pieces as `src_pieces_n` / `tgt_pieces_n`.
+    """
+    torch_device = resolve_device(device)
+    model, tokenizer, _, _ = load_trained(checkpoint, torch_device)
+    src_lines, tgt_lines = read_lines(Path(src_file)), read_lines(Path(tgt_file))
+    if len(src_lines) != len(tgt_lines):
+        raise UserError(f"misaligned input: {src_file} has {len(src_lines)} lines but {tgt_file} has {len(tgt_lines)}")
+    src_ids, tgt_ids = tokenizer.encode_src(src_lines), tokenizer.encode_tgt(tgt_lines)
+    dataset = ParallelDataset(EncodedCorpus.from_lists(src_ids, tgt_ids))
+    alignments, arrays = [], {}
+    for start in tqdm(range(0, len(dataset), batch_size), unit="batch", desc="aligning", disable=None):
+        indices = list(range(start, min(start + batch_size, len(dataset))))
+        batch = collate([dataset[i] for i in indices]).to(torch_device)
+        _, weights = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, S]
+        for row, n in enumerate(indices):
+            src_n, tgt_n = len(src_ids[n]), len(tgt_ids[n])
+            sentence = weights[row, : tgt_n + 1, : src_n + 1].float().cpu()
+            src_pieces, tgt_pieces = tokenizer.src_pieces(src_ids[n]), tokenizer.tgt_pieces(tgt_ids[n])
+            alignments.append(pharaoh(word_alignment(src_pieces, tgt_pieces, sentence[:tgt_n, :src_n])))
+            arrays[f"weights_{n}"] = sentence.numpy()
+            arrays[f"src_pieces_{n}"] = np.array(src_pieces, dtype=str)
+            arrays[f"tgt_pieces_{n}"] = np.array(tgt_pieces, dtype=str)
+    align_path, npz_path = Path(f"{output}.align"), Path(f"{output}.npz")
+    align_path.parent.mkdir(parents=True, exist_ok=True)
+    align_path.write_text("".join(a + "\n" for a in alignments), encoding="utf-8")
+    np.savez_compressed(npz_path, **arrays)
+    return {"sentences": len(alignments), "alignments": str(align_path), "weights": str(npz_path)}

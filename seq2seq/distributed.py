@@ -1,0 +1,85 @@
+"""Several processes with torchrun: PyTorch's DistributedDataParallel, gloo on CPU, nccl on CUDA.
+
+`torchrun --nproc_per_node N -m seq2seq train CONFIG` starts N copies of the trainer; torchrun sets
+WORLD_SIZE, RANK and LOCAL_RANK, which `init_distributed` reads. With one process (plain
+`seq2seq train`) every helper here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from seq2seq.errors import UserError
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where this process stands among the training processes."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process logs, validates and writes files."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
+    """Join the process group torchrun describes (if any); returns it and this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return ProcessGroup(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"process {rank} wants GPU {local_rank} but only {torch.cuda.device_count()} are visible: "
+                "lower --nproc_per_node"
+            )
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return ProcessGroup(world_size, rank, local_rank), device
+
+
+def barrier(group: ProcessGroup) -> None:
+    """Wait for every process (no-op with one)."""
+    if group.active:
+        dist.barrier()
+
+
+def any_process(group: ProcessGroup, flag: bool) -> bool:
+    """True on every process if `flag` is true on any of them (a stop decision all agree on)."""
+    if not group.active:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_objects(group: ProcessGroup, obj: object) -> list:
+    """`obj` from every process, in rank order (a one-item list with one process)."""
+    if not group.active:
+        return [obj]
+    gathered: list = [None] * group.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def shutdown(group: ProcessGroup) -> None:
+    """Leave the process group."""
+    if group.active and dist.is_initialized():
+        dist.destroy_process_group()
