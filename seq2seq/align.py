@@ -16,8 +16,9 @@ from seq2seq.translate import pharaoh, word_alignment
 
 
 @torch.no_grad()
-def force_align(checkpoint: str, src_file: str, tgt_file: str, output: str, device: str = "auto",
-                batch_size: int = 64) -> dict:
+def force_align(
+    checkpoint: str, src_file: str, tgt_file: str, output: str, device: str = "auto", batch_size: int = 64
+) -> dict:
     """Teacher-force each given translation; write OUTPUT.align (Pharaoh i-j) and OUTPUT.npz (raw weights).
 
     The .npz holds, for sentence n, `weights_n` [target pieces + EOS, source pieces + EOS] and the

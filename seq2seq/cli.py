@@ -92,7 +92,9 @@ def _translate(args: argparse.Namespace) -> int:
         try:
             translate_batch(translator, source, sink, alignment)
         except UnicodeDecodeError as exc:
-            raise UserError(f"{args.input or 'standard input'} is not UTF-8 text (byte {exc.start + 1} of a line)") from None
+            raise UserError(
+                f"{args.input or 'standard input'} is not UTF-8 text (byte {exc.start + 1} of a line)"
+            ) from None
     return 0
 
 
@@ -127,7 +129,9 @@ def _align(args: argparse.Namespace) -> int:
     from seq2seq.align import force_align
 
     result = force_align(args.checkpoint, args.src, args.tgt, args.output, args.device)
-    print(f"{result['sentences']} sentences aligned: {result['alignments']} (Pharaoh i-j), {result['weights']} (weights)")
+    print(
+        f"{result['sentences']} sentences aligned: {result['alignments']} (Pharaoh i-j), {result['weights']} (weights)"
+    )
     return 0
 
 

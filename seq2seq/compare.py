@@ -15,7 +15,6 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -46,7 +45,7 @@ class VariantResult:
     test_chrf: float
     train_tokens_per_s: float
     decode_sentences_per_s: float
-    bleu_by_length: dict[str, Optional[float]]
+    bleu_by_length: dict[str, float | None]
 
 
 def parse_budget(budget: str) -> dict:
@@ -70,7 +69,9 @@ def variant_configs(base: Config, variants: list[str], budget: str, output: Path
     for variant in variants:
         data = config_to_dict(base)
         data["model"]["attention"]["type"] = variant
-        data["train"].update(limits, max_epochs=None, early_stopping_patience=None, run_dir=str(output / "runs" / variant))
+        data["train"].update(
+            limits, max_epochs=None, early_stopping_patience=None, run_dir=str(output / "runs" / variant)
+        )
         config = config_from_dict(data)
         check_attention_config(config.model)  # fail before training anything
         configs[variant] = config
@@ -86,7 +87,7 @@ def source_length_bucket(source: str) -> str:
     return f"{LENGTH_BUCKETS[0][0]}-{LENGTH_BUCKETS[0][1]}"  # empty lines
 
 
-def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[str]) -> dict[str, Optional[float]]:
+def bleu_by_length(sources: list[str], hypotheses: list[str], references: list[str]) -> dict[str, float | None]:
     """Corpus BLEU of the sentences in each source-length bucket (None for an empty bucket)."""
     buckets: dict[str, tuple[list[str], list[str]]] = {}
     for low, high in LENGTH_BUCKETS:
@@ -113,15 +114,29 @@ def median_tokens_per_second(run_dir: Path) -> float:
     return statistics.median(speeds) if speeds else 0.0
 
 
-def evaluate_variant(variant: str, config: Config, summary: dict, test: tuple[list[str], list[str]], beam: int,
-                     heatmap_indices: list[int], heatmap_dir: Path) -> VariantResult:
+def evaluate_variant(
+    variant: str,
+    config: Config,
+    summary: dict,
+    test: tuple[list[str], list[str]],
+    beam: int,
+    heatmap_indices: list[int],
+    heatmap_dir: Path,
+) -> VariantResult:
     """Test-set scores, speeds and heatmaps of one trained variant."""
     device = torch.device("cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu")
     model, tokenizer, _, _ = load_trained(Path(config.train.run_dir) / "best.pt", device)
     sources, references = test
     started = time.perf_counter()
-    found = decode_lines(model, tokenizer, sources, device, batch_tokens=config.train.batch_tokens,
-                         max_output_ratio=config.train.max_output_ratio, beam_size=beam)
+    found = decode_lines(
+        model,
+        tokenizer,
+        sources,
+        device,
+        batch_tokens=config.train.batch_tokens,
+        max_output_ratio=config.train.max_output_ratio,
+        beam_size=beam,
+    )
     seconds = time.perf_counter() - started
     texts = [tokenizer.decode_tgt(best[0].ids) for best in found]
     (Path(config.train.run_dir) / "test.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
@@ -129,8 +144,13 @@ def evaluate_variant(variant: str, config: Config, summary: dict, test: tuple[li
         hypothesis = found[index][0]
         src_ids = tokenizer.encode_src([sources[index]])[0]
         weights = hypothesis.attention[: len(hypothesis.ids), : len(src_ids)]
-        plot_attention(tokenizer.src_pieces(src_ids), tokenizer.tgt_pieces(hypothesis.ids), weights,
-                       heatmap_dir / f"sentence{number}-{variant}.png", title=f"{variant}: {sources[index]}")
+        plot_attention(
+            tokenizer.src_pieces(src_ids),
+            tokenizer.tgt_pieces(hypothesis.ids),
+            weights,
+            heatmap_dir / f"sentence{number}-{variant}.png",
+            title=f"{variant}: {sources[index]}",
+        )
     return VariantResult(
         variant=variant,
         parameters=count_parameters(model),
@@ -149,8 +169,10 @@ def write_report(results: list[VariantResult], output: Path, budget: str, beam: 
     lines = [
         "# Attention variants compared",
         "",
-        f"Same data, vocabulary, seed and model sizes; training budget {budget} each; test decoding "
-        f"{'greedy' if beam == 1 else f'beam {beam}'}; BLEU and chrF by sacreBLEU on detokenized text.",
+        (
+            f"Same data, vocabulary, seed and model sizes; training budget {budget} each; test decoding "
+            f"{'greedy' if beam == 1 else f'beam {beam}'}; BLEU and chrF by sacreBLEU on detokenized text."
+        ),
         f"Corpus: {base.data.train} ({base.data.src_lang}->{base.data.tgt_lang}); dev {base.data.dev}; test {base.data.test}.",
         "",
         "| variant | parameters | updates | dev BLEU | test BLEU | test chrF | train tokens/s | decode sentences/s |",
@@ -162,8 +184,13 @@ def write_report(results: list[VariantResult], output: Path, budget: str, beam: 
             f"| {r.train_tokens_per_s:,.0f} | {r.decode_sentences_per_s:.1f} |"
         )
     labels = list(results[0].bleu_by_length) if results else []
-    lines += ["", "Test BLEU by source length (words):", "", "| variant | " + " | ".join(labels) + " |",
-              "| --- |" + " ---: |" * len(labels)]
+    lines += [
+        "",
+        "Test BLEU by source length (words):",
+        "",
+        "| variant | " + " | ".join(labels) + " |",
+        "| --- |" + " ---: |" * len(labels),
+    ]
     for r in results:
         cells = " | ".join("–" if v is None else f"{v:.2f}" for v in r.bleu_by_length.values())
         lines.append(f"| {r.variant} | {cells} |")
@@ -174,8 +201,9 @@ def write_report(results: list[VariantResult], output: Path, budget: str, beam: 
     return path
 
 
-def compare(base: Config, variants: list[str], budget: str, output: Path, beam: int = 1, heatmaps: int = 3,
-            force: bool = False) -> list[VariantResult]:
+def compare(
+    base: Config, variants: list[str], budget: str, output: Path, beam: int = 1, heatmaps: int = 3, force: bool = False
+) -> list[VariantResult]:
     """Train and evaluate one model per attention variant; write the report into `output`."""
     if beam < 1:
         raise UserError(f"--beam must be 1 or more, got {beam}")
@@ -187,7 +215,9 @@ def compare(base: Config, variants: list[str], budget: str, output: Path, beam: 
     for number, (variant, config) in enumerate(configs.items(), start=1):
         log.info("=== Variant %d of %d: %s (budget %s) ===", number, len(configs), variant, budget)
         summary = train(copy.deepcopy(config), force=force)
-        results.append(evaluate_variant(variant, config, summary, (test_src, test_ref), beam, indices, output / "heatmaps"))
+        results.append(
+            evaluate_variant(variant, config, summary, (test_src, test_ref), beam, indices, output / "heatmaps")
+        )
         log.info("%s: dev BLEU %.2f, test BLEU %.2f", variant, results[-1].dev_bleu, results[-1].test_bleu)
     plot_bleu_by_length({r.variant: r.bleu_by_length for r in results}, output / "bleu_by_length.png")
     report = write_report(results, output, budget, beam, base)

@@ -37,6 +37,7 @@ class DataConfig:
     max_tgt_length: int = 100
     cache_dir: str = ".cache/seq2seq"  # encoded corpora and SentencePiece models, keyed by content
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    prepare_workers: int = 0  # processes encoding the corpus once (0: one per core above 20 MB, else 1)
 
 
 @dataclass
@@ -242,6 +243,7 @@ def _validate(config: Config) -> None:
         "train.schedule.patience": config.train.schedule.patience,
         "train.schedule.min_lr": config.train.schedule.min_lr,
         "data.num_workers": config.data.num_workers,
+        "data.prepare_workers": config.data.prepare_workers,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -1,16 +1,19 @@
 """Parallel corpora: read and validate, encode once into a cache, batch by tokens.
 
-The encoded training corpus is stored as flat int32 arrays plus offsets (`.npy`, memory-mapped
-on load) under a key made from the files' contents and the SentencePiece model, so the next run
-with the same data reuses it.
+The training corpus is streamed in chunks, encoded by worker processes, and stored as flat int32
+arrays (`*_ids.bin`, memory-mapped on load) plus offsets (`*_offsets.npy`), under a key made from
+the files' contents and the SentencePiece model: the next run with the same data reuses it, and a
+corpus of millions of pairs never sits in memory as Python lists.
 """
 
 from __future__ import annotations
 
-import gzip
+import collections
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import random
 import shutil
 from collections.abc import Iterator, Sequence
@@ -23,11 +26,13 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from seq2seq.errors import UserError
+from seq2seq.textfiles import iter_lines
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CHUNK_LINES = 20_000  # pairs encoded per task
 
 
 # --- reading files ---------------------------------------------------------------------------
@@ -45,23 +50,7 @@ def corpus_file(prefix: str, lang: str) -> Path:
 
 def read_lines(path: Path) -> list[str]:
     """All lines of a UTF-8 text file (plain or gzip), without line endings."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as handle:
-            raw_lines = handle.read().split(b"\n")
-    except (OSError, EOFError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the newline that ends the last line
-    lines = []
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append(raw.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as exc:
-            raise UserError(
-                f"{path}, line {number}: not valid UTF-8 (byte {exc.start + 1}); convert the file to UTF-8"
-            ) from None
-    return lines
+    return list(iter_lines(path))
 
 
 def read_parallel(prefix: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str], tuple[Path, Path]]:
@@ -127,19 +116,47 @@ class EncodedCorpus:
 
         return cls(*pack(src), *pack(tgt))
 
-    def save(self, directory: Path) -> None:
-        """Write the four arrays as .npy files into `directory` (created)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets"):
-            np.save(directory / f"{name}.npy", getattr(self, name))
-
     @classmethod
     def load(cls, directory: Path) -> EncodedCorpus:
-        """Memory-map the arrays written by `save`."""
-        arrays = [
-            np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets")
-        ]
-        return cls(*arrays)
+        """Memory-map the arrays written by `CorpusWriter`."""
+        return cls(
+            _map_ids(directory / "src_ids.bin"),
+            np.load(directory / "src_offsets.npy"),
+            _map_ids(directory / "tgt_ids.bin"),
+            np.load(directory / "tgt_offsets.npy"),
+        )
+
+
+def _map_ids(path: Path) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=np.int32)
+    return np.memmap(path, dtype=np.int32, mode="r")
+
+
+class CorpusWriter:
+    """Appends encoded chunks to a cache directory: ids straight to disk, only lengths in memory."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.files = {side: open(directory / f"{side}_ids.bin", "wb") for side in ("src", "tgt")}
+        self.lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
+
+    def append(self, chunk: EncodedCorpus) -> None:
+        """Add a chunk's pairs after those already written."""
+        for side in ("src", "tgt"):
+            self.files[side].write(np.ascontiguousarray(getattr(chunk, f"{side}_ids"), dtype=np.int32).tobytes())
+            self.lengths[side].append(np.diff(getattr(chunk, f"{side}_offsets")))
+
+    def close(self, stats: dict) -> None:
+        """Finish the files: offsets and the stats that mark the entry complete."""
+        for side in ("src", "tgt"):
+            self.files[side].close()
+            lengths = np.concatenate(self.lengths[side]) if self.lengths[side] else np.zeros(0, dtype=np.int64)
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            np.save(self.directory / f"{side}_offsets.npy", offsets)
+        (self.directory / "stats.json").write_text(json.dumps(stats))
 
 
 def encode_and_filter(
@@ -161,16 +178,52 @@ def encode_and_filter(
     return EncodedCorpus.from_lists(kept_src, kept_tgt), stats
 
 
+def parallel_chunks(src_path: Path, tgt_path: Path, size: int = CHUNK_LINES) -> Iterator[tuple[list[str], list[str]]]:
+    """Aligned chunks of (source lines, target lines), streamed; unequal line counts raise a UserError."""
+    src_lines, tgt_lines = iter_lines(src_path), iter_lines(tgt_path)
+    count = 0
+    while True:
+        src_chunk = list(itertools.islice(src_lines, size))
+        tgt_chunk = list(itertools.islice(tgt_lines, len(src_chunk) if src_chunk else 1))
+        if len(src_chunk) != len(tgt_chunk):
+            src_total = count + len(src_chunk) + sum(1 for _ in src_lines)
+            tgt_total = count + len(tgt_chunk) + sum(1 for _ in tgt_lines)
+            raise UserError(
+                f"misaligned corpus: {src_path} has {src_total} lines but {tgt_path} has {tgt_total}; "
+                "line i of one must translate line i of the other"
+            )
+        if not src_chunk:
+            return
+        count += len(src_chunk)
+        yield src_chunk, tgt_chunk
+
+
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _start_worker(src_model: bytes, tgt_model: bytes) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer(src_model, tgt_model)
+
+
+def _encode_chunk(task: tuple[list[str], list[str], int, int]) -> tuple[EncodedCorpus, dict]:
+    src_lines, tgt_lines, max_src, max_tgt = task
+    return encode_and_filter(src_lines, tgt_lines, _worker_tokenizer, max_src, max_tgt)
+
+
 def load_training_corpus(
-    src_lines: Sequence[str],
-    tgt_lines: Sequence[str],
+    paths: tuple[Path, Path],
     digests: tuple[str, str],
     tokenizer: Tokenizer,
     max_src: int,
     max_tgt: int,
     cache_dir: Path,
+    workers: int = 1,
 ) -> tuple[EncodedCorpus, dict]:
-    """The encoded, filtered training corpus, from the cache when the same data was encoded before."""
+    """The encoded, filtered training corpus, from the cache when the same data was encoded before.
+
+    Otherwise the files are streamed in chunks and encoded by `workers` processes (1: in this one).
+    """
     model_digest = hashlib.sha256(tokenizer.src_model + tokenizer.tgt_model).hexdigest()
     key = hashlib.sha256(repr((digests, model_digest, max_src, max_tgt, CACHE_VERSION)).encode()).hexdigest()[:20]
     directory = cache_dir / f"corpus-{key}"
@@ -178,14 +231,40 @@ def load_training_corpus(
     if stats_file.is_file():
         log.info("Encoded training corpus reused from cache: %s", directory)
         return EncodedCorpus.load(directory), json.loads(stats_file.read_text())
-    corpus, stats = encode_and_filter(src_lines, tgt_lines, tokenizer, max_src, max_tgt)
     temporary = cache_dir / f"corpus-{key}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
-    corpus.save(temporary)
-    (temporary / "stats.json").write_text(json.dumps(stats))
+    writer = CorpusWriter(temporary)
+    stats = {"pairs": 0, "kept": 0, "skipped_empty": 0, "skipped_too_long": 0}
+    tasks = ((src, tgt, max_src, max_tgt) for src, tgt in parallel_chunks(*paths))
+    for chunk, chunk_stats in encode_chunks(tasks, tokenizer, workers):
+        writer.append(chunk)
+        for name in stats:
+            stats[name] += chunk_stats[name]
+    writer.close(stats)
     shutil.rmtree(directory, ignore_errors=True)
     temporary.rename(directory)  # the cache entry appears whole or not at all
     return EncodedCorpus.load(directory), stats
+
+
+def encode_chunks(tasks, tokenizer: Tokenizer, workers: int) -> Iterator[tuple[EncodedCorpus, dict]]:
+    """Encode (src, tgt, max_src, max_tgt) chunks in order; with workers > 1 in a process pool.
+
+    At most 2 x workers chunks are in flight, so memory stays bounded whatever the corpus size.
+    """
+    if workers <= 1:
+        for src, tgt, max_src, max_tgt in tasks:
+            yield encode_and_filter(src, tgt, tokenizer, max_src, max_tgt)
+        return
+    context = multiprocessing.get_context("spawn")  # not fork: safe beside torch's threads
+    initargs = (tokenizer.src_model, tokenizer.tgt_model)
+    with context.Pool(workers, initializer=_start_worker, initargs=initargs) as pool:
+        pending: collections.deque = collections.deque()
+        for task in tasks:
+            pending.append(pool.apply_async(_encode_chunk, (task,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 # --- batching --------------------------------------------------------------------------------

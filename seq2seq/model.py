@@ -44,7 +44,7 @@ class Seq2Seq(nn.Module):
         return self.decoder.make_memory(states, src_mask), self.decoder.init_state(summary)
 
     def forward(
-        self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_mask: Optional[Tensor] = None
+        self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Teacher forcing: attentional vectors [B, T, H] and attention weights [B, T, S].
 

@@ -17,6 +17,7 @@ import sentencepiece as spm
 
 from seq2seq.config import TokenizerConfig
 from seq2seq.errors import UserError
+from seq2seq.textfiles import sample_lines
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +140,25 @@ def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConf
 
 
 def build_tokenizer(
-    src_lines: Sequence[str],
-    tgt_lines: Sequence[str],
+    paths: tuple[Path, Path],
     digests: tuple[str, str],
     config: TokenizerConfig,
     cache_dir: Path,
     seed: int,
 ) -> Tokenizer:
-    """Train (or reuse from the cache) the SentencePiece model(s) for a training corpus."""
+    """Train (or reuse from the cache) the SentencePiece model(s) for a training corpus's two files."""
+    limit = config.input_sentence_size
     if config.joint:
-        key = _cache_key(digests, config, seed)
         log.info("Training a joint SentencePiece %s model, vocabulary %d", config.model_type, config.vocab_size)
-        model = _cached_model(cache_dir, key, lambda: list(src_lines) + list(tgt_lines), config, seed)
+        model = _cached_model(
+            cache_dir, _cache_key(digests, config, seed), lambda: sample_lines(paths, limit, seed), config, seed
+        )
         return Tokenizer(model, model)
     log.info("Training source and target SentencePiece models, vocabulary %d each", config.vocab_size)
-    src_model = _cached_model(cache_dir, _cache_key(digests[:1], config, seed), lambda: src_lines, config, seed)
-    tgt_model = _cached_model(cache_dir, _cache_key(digests[1:], config, seed), lambda: tgt_lines, config, seed)
+    src_model = _cached_model(
+        cache_dir, _cache_key(digests[:1], config, seed), lambda: sample_lines(paths[:1], limit, seed), config, seed
+    )
+    tgt_model = _cached_model(
+        cache_dir, _cache_key(digests[1:], config, seed), lambda: sample_lines(paths[1:], limit, seed), config, seed
+    )
     return Tokenizer(src_model, tgt_model)

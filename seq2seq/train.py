@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -32,6 +33,7 @@ from seq2seq.data import (
     ParallelDataset,
     TokenBucketSampler,
     collate,
+    corpus_file,
     file_digest,
     load_training_corpus,
     read_parallel,
@@ -44,6 +46,7 @@ from seq2seq.plots import plot_training_curves
 from seq2seq.runinfo import run_record
 from seq2seq.schedule import LearningRateSchedule
 from seq2seq.search import decode_lines
+from seq2seq.textfiles import count_lines
 from seq2seq.tokenizer import PAD_ID, Tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def preparation_workers(configured: int, paths: tuple[Path, Path]) -> int:
+    """Processes that encode the corpus: as configured, or (0) one per core for corpora over 20 MB."""
+    if configured:
+        return configured
+    large = sum(p.stat().st_size for p in paths) > 20_000_000
+    return max(1, os.cpu_count() or 1) if large else 1
 
 
 def set_seed(seed: int) -> None:
@@ -230,19 +241,31 @@ class Trainer:
 
     def _load_data(self, resume_payload: dict | None) -> None:
         data, cache_dir = self.config.data, Path(self.config.data.cache_dir)
-        src_lines, tgt_lines, paths = read_parallel(data.train, data.src_lang, data.tgt_lang)
+        paths = (corpus_file(data.train, data.src_lang), corpus_file(data.train, data.tgt_lang))
         self.data_digests = (file_digest(paths[0]), file_digest(paths[1]))
-        log.info("Training corpus: %s and %s, %d pairs", paths[0], paths[1], len(src_lines))
+        line_counts = count_lines(paths[0]), count_lines(paths[1])
+        if line_counts[0] != line_counts[1]:
+            raise UserError(
+                f"misaligned corpus: {paths[0]} has {line_counts[0]} lines but {paths[1]} has {line_counts[1]}; "
+                "line i of one must translate line i of the other"
+            )
+        log.info("Training corpus: %s and %s, %d pairs", paths[0], paths[1], line_counts[0])
         if not self.group.is_main:
             barrier(self.group)  # the main process fills the cache first; the others then read it
         if resume_payload is not None:
             self.tokenizer = Tokenizer.from_state_dict(resume_payload["tokenizer"])
         else:
             self.tokenizer = build_tokenizer(
-                src_lines, tgt_lines, self.data_digests, self.config.tokenizer, cache_dir, self.config.train.seed
+                paths, self.data_digests, self.config.tokenizer, cache_dir, self.config.train.seed
             )
         corpus, stats = load_training_corpus(
-            src_lines, tgt_lines, self.data_digests, self.tokenizer, data.max_src_length, data.max_tgt_length, cache_dir
+            paths,
+            self.data_digests,
+            self.tokenizer,
+            data.max_src_length,
+            data.max_tgt_length,
+            cache_dir,
+            workers=preparation_workers(data.prepare_workers, paths),
         )
         if self.group.is_main:
             self.tokenizer.save(self.run_dir)
@@ -416,7 +439,9 @@ class Trainer:
         early = None
         if self.group.is_main:
             if validate:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+                ):
                     early = self._validate_and_save(rng)
             else:
                 self._save_checkpoints(False, rng)

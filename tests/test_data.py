@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_lines
 
 from seq2seq.data import (
     EncodedCorpus,
@@ -123,12 +124,12 @@ def test_training_corpus_is_cached_and_reused(tmp_path: Path, tiny_corpus, token
     digests = (file_digest(paths[0]), file_digest(paths[1]))
     once = OnceTokenizer(tokenizer.src_model, tokenizer.tgt_model)
     cache = tmp_path / "cache"
-    first, first_stats = load_training_corpus(src, tgt, digests, once, 60, 60, cache)
+    first, first_stats = load_training_corpus(paths, digests, once, 60, 60, cache)
     entries = list(cache.iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("corpus-") and (entries[0] / "stats.json").is_file()
     assert 0 < first_stats["kept"] < first_stats["pairs"] == 200  # some pairs are longer than 60 pieces
 
-    second, second_stats = load_training_corpus(src, tgt, digests, once, 60, 60, cache)
+    second, second_stats = load_training_corpus(paths, digests, once, 60, 60, cache)
     assert second_stats == first_stats
     for name in ("src_ids", "src_offsets", "tgt_ids", "tgt_offsets"):
         np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
@@ -143,10 +144,13 @@ def test_cache_key_changes_with_the_length_limits_and_the_data(tmp_path: Path, t
     src, tgt, paths = read_parallel(tiny_corpus["train"], "es", "en")
     digests = (file_digest(paths[0]), file_digest(paths[1]))
     cache = tmp_path / "cache"
-    _, short = load_training_corpus(src, tgt, digests, tokenizer, 40, 40, cache)
-    _, long = load_training_corpus(src, tgt, digests, tokenizer, 200, 200, cache)
+    _, short = load_training_corpus(paths, digests, tokenizer, 40, 40, cache)
+    _, long = load_training_corpus(paths, digests, tokenizer, 200, 200, cache)
     assert short["kept"] < long["kept"] == 200
-    other, _ = load_training_corpus(src[:10], tgt[:10], ("a", "b"), tokenizer, 200, 200, cache)
+    write_lines(tmp_path / "ten.es", src[:10])
+    write_lines(tmp_path / "ten.en", tgt[:10])
+    ten = (tmp_path / "ten.es", tmp_path / "ten.en")
+    other, _ = load_training_corpus(ten, ("a", "b"), tokenizer, 200, 200, cache)
     assert len(other) == 10
     assert len(list(cache.glob("corpus-*"))) == 3
 
