@@ -96,6 +96,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0: torch's default)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for training and validation
     batch_tokens: int = 4000  # padded target tokens per batch (source is bucketed alike)
+    accumulate_batches: int = 1  # batches whose gradients make one update (a larger effective batch)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1.0e-3
     weight_decay: float = 0.0
@@ -219,6 +220,7 @@ def _validate(config: Config) -> None:
         "data.max_src_length": config.data.max_src_length,
         "data.max_tgt_length": config.data.max_tgt_length,
         "train.batch_tokens": config.train.batch_tokens,
+        "train.accumulate_batches": config.train.accumulate_batches,
         "train.validate_every": config.train.validate_every,
         "train.log_every": config.train.log_every,
         "train.lr": config.train.lr,

@@ -330,12 +330,29 @@ def collate(pairs: Sequence[tuple[Tensor, Tensor]]) -> Batch:
     return Batch(pad(srcs), torch.tensor([len(s) for s in srcs]), tgt_in, tgt_out)
 
 
+def split_to_multiple(batches: list[list[int]], ranks: int) -> list[list[int]]:
+    """Split the largest batches in halves until their number divides by `ranks` (halves stay within size).
+
+    Only when every batch is a single sentence and still no multiple is reached are the last few dropped.
+    """
+    batches = list(batches)
+    while len(batches) % ranks:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]), default=None)
+        if largest is None or len(batches[largest]) < 2:
+            log.warning("%d single-sentence batches cannot be shared by %d processes: skipped", len(batches) % ranks, ranks)
+            return batches[: len(batches) - len(batches) % ranks]
+        batch = batches[largest]
+        batches[largest : largest + 1] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    return batches
+
+
 class TokenBucketSampler(Sampler[list[int]]):
     """Batches of similar-length pairs, each holding at most `max_tokens` padded tokens per side.
 
     Each epoch shuffles the corpus (seeded by seed + epoch), sorts pools of nearby sentences by
     length so that little padding is needed, cuts them into batches and shuffles the batches.
-    With several processes, each takes every `num_replicas`-th batch (all ranks get the same count).
+    With several processes, each takes every `num_replicas`-th batch (all ranks get the same count,
+    see `split_to_multiple`).
     `start_batch` skips batches already seen in this epoch (for exact resume).
     """
 
@@ -363,6 +380,8 @@ class TokenBucketSampler(Sampler[list[int]]):
         self.seed, self.shuffle, self.pool_batches = seed, shuffle, pool_batches
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.start_batch = 0, 0
+        self._cached_epoch: int | None = None
+        self._cached_batches: list[list[int]] = []
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch whose order to produce, and how many of its batches to skip."""
@@ -399,10 +418,11 @@ class TokenBucketSampler(Sampler[list[int]]):
             yield batch
 
     def rank_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of `epoch` (the same number on every rank)."""
-        batches = self.all_batches(epoch)
-        per_rank = len(batches) // self.num_replicas if self.num_replicas > 1 else len(batches)
-        return batches[self.rank :: self.num_replicas][:per_rank]
+        """This rank's batches of `epoch`: the same number on every rank, every pair on exactly one rank."""
+        if self._cached_epoch != epoch:
+            batches = split_to_multiple(self.all_batches(epoch), self.num_replicas)
+            self._cached_epoch, self._cached_batches = epoch, batches[self.rank :: self.num_replicas]
+        return self._cached_batches
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.rank_batches(self.epoch)[self.start_batch :])

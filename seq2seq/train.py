@@ -8,6 +8,8 @@ per validation), progress.jsonl (one line per log interval), curves.png, and che
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -16,6 +18,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,11 +356,11 @@ class Trainer:
                     num_workers=self.config.data.num_workers,
                     generator=torch.Generator(),  # its own: drawing from the global RNG would change dropout on resume
                 )
-                for batch in loader:
-                    loss = self._train_step(batch.to(self.device))
-                    self.state.batch_in_epoch += 1
+                for batches in _groups_of(loader, train.accumulate_batches):
+                    loss = self._train_step([batch.to(self.device) for batch in batches])
+                    self.state.batch_in_epoch += len(batches)
                     if loss is not None:
-                        tokens = batch.num_tgt_tokens
+                        tokens = sum(batch.num_tgt_tokens for batch in batches)
                         interval_loss += loss * tokens
                         interval_tokens += tokens
                     self.state.elapsed = time.monotonic() - start
@@ -381,21 +384,27 @@ class Trainer:
         bar.close()
         return self._finish(stop_reason, interrupted=stop_reason == "interrupted")
 
-    def _train_step(self, batch: Batch) -> float | None:
-        """One update; returns the loss, or None when it was skipped as non-finite."""
+    def _train_step(self, batches: list[Batch]) -> float | None:
+        """One update from the gradients of `batches` (averaged); returns the mean loss, or None if skipped."""
         self.model.train()
         self.state.step += 1
         lr = self.schedule.lr(self.state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            loss = sequence_loss(self.train_model, batch, self.config.train.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()  # the scaler only scales with fp16
+        loss_value = 0.0
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            # With DDP, gradients are averaged across processes once, after the last batch.
+            synchronise = contextlib.nullcontext() if last or not self.group.active else self.train_model.no_sync()
+            with synchronise:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    loss = sequence_loss(self.train_model, batch, self.config.train.label_smoothing) / len(batches)
+                self.scaler.scale(loss).backward()  # the scaler only scales with fp16
+            loss_value += loss.item()
         self.scaler.unscale_(self.optimizer)
         clip = self.config.train.clip_grad_norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
-        loss_value = loss.item()
         if not (math.isfinite(loss_value) and math.isfinite(float(grad_norm))):
             self.scaler.update()  # fp16: a smaller scale next time
             self.state.bad_steps += 1
@@ -618,6 +627,13 @@ class Trainer:
         """Detach the run's log file and leave the process group."""
         _detach_run_log(getattr(self, "_log_handler", None))
         shutdown(self.group)
+
+
+def _groups_of(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+    """Consecutive groups of `size` batches (the last group of an epoch may be smaller)."""
+    iterator = iter(batches)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
 
 
 def _attach_run_log(path: Path) -> logging.Handler:

@@ -20,6 +20,7 @@ from seq2seq.data import (
     load_training_corpus,
     read_lines,
     read_parallel,
+    split_to_multiple,
 )
 from seq2seq.errors import UserError
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -213,13 +214,21 @@ def test_sharding_gives_disjoint_equal_shares():
     ranks = [make_sampler(num_replicas=2, rank=r) for r in range(2)]
     everything = make_sampler().all_batches(0)
     shares = [list(r) for r in ranks]
-    assert len(shares[0]) == len(shares[1]) == len(everything) // 2 == len(ranks[0])
+    assert len(shares[0]) == len(shares[1]) == (len(everything) + 1) // 2 == len(ranks[0])
     seen = [i for share in shares for batch in share for i in batch]
     assert len(seen) == len(set(seen)), "a sentence went to both ranks"
-    # Only the odd batch left over (if any) is dropped, and it is at most one batch.
-    dropped = 500 - len(seen)
-    assert dropped <= max(len(b) for b in everything)
-    assert sorted(seen) == sorted(i for batch in everything[: 2 * len(shares[0])] for i in batch)
+    assert sorted(seen) == list(range(500)), "every sentence goes to exactly one rank"
+    for share in shares:
+        for batch in share:
+            assert max(max(ranks[0].src_lengths[i], ranks[0].tgt_lengths[i]) for i in batch) * len(batch) <= 200
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_split_to_multiple_covers_everything_once(ranks: int):
+    batches = make_sampler().all_batches(1)
+    split = split_to_multiple(batches, ranks)
+    assert len(split) % ranks == 0 and len(split) - len(batches) < ranks
+    assert sorted(i for b in split for i in b) == sorted(i for b in batches for i in b)
 
 
 @pytest.mark.parametrize("start", [0, 1, 7])
