@@ -59,7 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "(it may run code when loaded); only checkpoints written by seq2seq are accepted"
             ) from None
         raise UserError(f"{path} is not a seq2seq checkpoint (truncated, corrupt or another format)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})") from None
     if not isinstance(payload, dict) or payload.get("kind") != KIND:

@@ -73,6 +73,8 @@ def evaluate(
     torch_device = resolve_device(device)
     model, tokenizer, config, step = load_trained(checkpoint, torch_device)
     src_lines, ref_lines, name = test_files(config, split, src, ref)
+    if not src_lines:
+        raise UserError(f"the test set '{name}' is empty: give files with at least one line")
     tag = f"{name}.beam{options.beam_size}" if options.beam_size > 1 else f"{name}.greedy"
     output_path = Path(output) if output else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.{tag}.hyp")
     report_path = Path(report) if report else output_path.with_suffix(".json")
@@ -111,6 +113,7 @@ def evaluate(
         "device": str(torch_device),
         "hypotheses": str(output_path),
     }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     result["report"] = str(report_path)
     return result

@@ -143,3 +143,37 @@ def _restore_package_logger():
         if handler not in saved[0]:
             handler.close()
     logger.handlers, logger.level, logger.propagate = saved
+
+
+# --- one tiny trained model, shared by the search, evaluate and translate tests -----------------
+
+TOY_MODEL_STEPS = 80  # the toy corpus is memorised (dev BLEU about 100) well before this
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory) -> dict:
+    """One run that overfits the toy corpus (dev = train), trained once per session.
+
+    Keeps the step-40 and step-80 checkpoints (for averaging). Returns the run directory, the
+    best checkpoint, the dev source/reference files, the config dict and the training summary.
+    Tests must not write into the run directory (copy a checkpoint to tmp_path first).
+    """
+    from seq2seq.config import config_from_dict
+    from seq2seq.train import train
+
+    directory = tmp_path_factory.mktemp("toy_model")
+    corpus = write_toy_corpus(directory)
+    config = make_toy_config(directory, corpus)
+    config["train"].update(
+        max_steps=TOY_MODEL_STEPS, validate_every=TOY_MODEL_STEPS // 2, log_every=10, keep_checkpoints=2
+    )
+    summary = train(config_from_dict(config))
+    run_dir = Path(config["train"]["run_dir"])
+    return {
+        "run_dir": run_dir,
+        "checkpoint": run_dir / "best.pt",
+        "src": Path(f"{corpus['dev']}.es"),
+        "ref": Path(f"{corpus['dev']}.en"),
+        "config": config,
+        "summary": summary,
+    }

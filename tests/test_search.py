@@ -1,0 +1,239 @@
+"""Decoding on a tiny trained model: greedy and beam search agree where they must, scores are
+true (length-normalised) log-probabilities, attention is well formed, padding never leaks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import TOY_ES
+from torch.nn.utils.rnn import pad_sequence
+
+from seq2seq.model import load_trained
+from seq2seq.search import Hypothesis, beam_search, decode_lines, greedy_search, length_penalty, max_output_lengths
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def trained(toy_model):
+    """The toy model (eval mode, CPU), its tokenizer, and the training sentences."""
+    model, tokenizer, _, _ = load_trained(toy_model["checkpoint"])
+    return {
+        "model": model,
+        "tokenizer": tokenizer,
+        "train_src": toy_model["src"].read_text().splitlines(),
+        "train_ref": toy_model["ref"].read_text().splitlines(),
+    }
+
+
+def toy_sentence(words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(TOY_ES) for _ in range(words))
+
+
+@pytest.fixture(scope="module")
+def mixed(trained) -> list[str]:
+    """Sentences of very different lengths: 1, 6 and 3-6 (seen in training), 12 and 40 words."""
+    six = next(line for line in trained["train_src"] if len(line.split()) == 6)
+    return ["gato", six, toy_sentence(12, seed=1), trained["train_src"][7], toy_sentence(40, seed=2)]
+
+
+def as_batch(tokenizer, lines: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded source ids [B, S] (EOS-terminated) and lengths [B], as decode_lines builds them."""
+    sources = [torch.tensor(ids + [EOS_ID]) for ids in tokenizer.encode_src(lines)]
+    src = pad_sequence(sources, batch_first=True, padding_value=PAD_ID)
+    return src, torch.tensor([len(s) for s in sources])
+
+
+def teacher_forced(model, tokenizer, line: str, ids: list[int]) -> tuple[float, torch.Tensor]:
+    """log P(ids + EOS | line) and the attention [len(ids) + 1, S], by teacher forcing the sentence alone."""
+    src, lengths = as_batch(tokenizer, [line])
+    tgt_in = torch.tensor([[BOS_ID] + ids])
+    with torch.no_grad():
+        attentional, weights = model(src, lengths, src != PAD_ID, tgt_in)
+        log_probs = torch.log_softmax(model.decoder.logits(attentional[0]).float(), dim=-1)
+    target = ids + [EOS_ID]
+    return float(log_probs[torch.arange(len(target)), target].sum()), weights[0].float()
+
+
+def test_sentences_really_differ_in_length(trained, mixed):
+    _, lengths = as_batch(trained["tokenizer"], mixed)
+    assert lengths.min() == 2 and lengths.max() == 41  # so padding is heavy for most rows
+
+
+def test_beam_size_1_is_exactly_greedy(trained, mixed):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, mixed)
+    greedy = greedy_search(model, src, lengths)
+    beam = beam_search(model, src, lengths, beam_size=1, alpha=0.0)
+    assert len(greedy) == len(beam) == len(mixed)
+    for g, (b,) in zip(greedy, beam):
+        assert b.ids == g.ids
+        assert b.log_prob == pytest.approx(g.log_prob, abs=ATOL)
+        assert g.score == g.log_prob  # greedy: the score is the log-probability
+    assert any(len(g.ids) >= 3 for g in greedy)  # not a vacuous comparison of empty outputs
+
+
+def test_memorised_sentences_are_translated(trained):
+    """Sanity check that the fixture model learnt its corpus, so the other tests are not vacuous."""
+    tokenizer = trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, trained["train_src"])
+    texts = [tokenizer.decode_tgt(h.ids) for h in greedy_search(trained["model"], src, lengths)]
+    right = sum(t == r for t, r in zip(texts, trained["train_ref"]))
+    assert right >= 0.9 * len(texts)
+
+
+@pytest.mark.parametrize("n_best", [1, 3, 5])
+def test_n_best_lists_are_sorted_and_complete(trained, mixed, n_best):
+    src, lengths = as_batch(trained["tokenizer"], mixed)
+    results = beam_search(trained["model"], src, lengths, beam_size=5, n_best=n_best)
+    assert len(results) == len(mixed)
+    for hypotheses in results:
+        assert len(hypotheses) == n_best
+        scores = [h.score for h in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.ids) for h in hypotheses}) == n_best  # distinct hypotheses
+
+
+def test_beam_search_finds_at_least_the_greedy_score(trained, mixed):
+    """With alpha 0 the beam's best log-probability can only be as good as greedy's or better."""
+    src, lengths = as_batch(trained["tokenizer"], mixed)
+    greedy = greedy_search(trained["model"], src, lengths)
+    beam = beam_search(trained["model"], src, lengths, beam_size=5, alpha=0.0)
+    for g, (b,) in zip(greedy, beam):
+        assert b.score >= g.score - ATOL
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_batched_beam_search_equals_one_sentence_at_a_time(trained, mixed, alpha):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, mixed)
+    batched = beam_search(model, src, lengths, beam_size=4, alpha=alpha, n_best=4)
+    for line, together in zip(mixed, batched):
+        one_src, one_lengths = as_batch(tokenizer, [line])
+        (alone,) = beam_search(model, one_src, one_lengths, beam_size=4, alpha=alpha, n_best=4)
+        assert [h.ids for h in together] == [h.ids for h in alone]
+        for a, b in zip(together, alone):
+            assert a.score == pytest.approx(b.score, abs=ATOL)
+            assert a.log_prob == pytest.approx(b.log_prob, abs=ATOL)
+            torch.testing.assert_close(a.attention, b.attention, atol=ATOL, rtol=0)
+
+
+def test_scores_are_length_normalised_true_log_probabilities(trained, mixed):
+    """log_prob is log P(ids + EOS | source) (checked by teacher forcing); score = log_prob / penalty."""
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, mixed)
+    plain = beam_search(model, src, lengths, beam_size=3, alpha=0.0, n_best=3)
+    penalised = beam_search(model, src, lengths, beam_size=3, alpha=1.0, n_best=3)
+    for line, hypotheses in zip(mixed, plain):
+        assert hypotheses[0].score == hypotheses[0].log_prob  # alpha 0: no length penalty
+        for h in hypotheses:
+            assert h.score == h.log_prob
+            forced, _ = teacher_forced(model, tokenizer, line, h.ids)
+            assert h.log_prob == pytest.approx(forced, abs=ATOL)
+    for line, hypotheses in zip(mixed, penalised):
+        for h in hypotheses:
+            forced, _ = teacher_forced(model, tokenizer, line, h.ids)
+            assert h.log_prob == pytest.approx(forced, abs=ATOL)
+            assert h.score == pytest.approx(h.log_prob / ((5 + len(h.ids) + 1) / 6), abs=ATOL)
+    for line, g in zip(mixed, greedy_search(model, src, lengths)):
+        assert g.score == pytest.approx(teacher_forced(model, tokenizer, line, g.ids)[0], abs=ATOL)
+
+
+def test_length_penalty_values():
+    assert length_penalty(1, 0.0) == 1.0
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert length_penalty(7, 0.5) == pytest.approx(2.0**0.5)
+
+
+def check_attention(hypothesis: Hypothesis, src_length: int) -> None:
+    attention = hypothesis.attention
+    assert attention.shape == (len(hypothesis.ids) + 1, src_length)
+    assert (attention >= 0).all()
+    torch.testing.assert_close(attention.sum(dim=1), torch.ones(len(hypothesis.ids) + 1), atol=1e-4, rtol=0)
+
+
+def test_attention_has_a_row_per_output_piece_and_a_column_per_source_piece(trained, mixed):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, mixed)
+    greedy = greedy_search(model, src, lengths)
+    beams = beam_search(model, src, lengths, beam_size=4, n_best=4)
+    for line, length, g, hypotheses in zip(mixed, lengths.tolist(), greedy, beams):
+        check_attention(g, length)
+        torch.testing.assert_close(g.attention, teacher_forced(model, tokenizer, line, g.ids)[1], atol=ATOL, rtol=0)
+        for h in hypotheses:
+            check_attention(h, length)
+            # the attention followed this hypothesis' own history (beam reordering kept it right)
+            torch.testing.assert_close(h.attention, teacher_forced(model, tokenizer, line, h.ids)[1], atol=ATOL, rtol=0)
+
+
+def test_max_output_ratio_bounds_output_lengths(trained, mixed):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, mixed)
+    free = greedy_search(model, src, lengths, max_output_ratio=1.5)
+    for ratio in (0.01, 0.3, 1.5):
+        limits = max_output_lengths(lengths, ratio).tolist()
+        greedy = greedy_search(model, src, lengths, max_output_ratio=ratio)
+        beams = beam_search(model, src, lengths, beam_size=3, n_best=3, max_output_ratio=ratio)
+        for limit, g, f, hypotheses in zip(limits, greedy, free, beams):
+            assert len(g.ids) + 1 <= limit  # EOS included
+            assert g.ids == f.ids[: limit - 1]  # greedy is cut, not changed, by the limit
+            assert len(hypotheses) == 3  # every beam still ends (EOS is forced at the limit) ...
+            assert all(len(h.ids) + 1 <= limit for h in hypotheses)  # ... within the limit
+    assert max_output_lengths(torch.tensor([7]), 0.01).tolist() == [5]
+    # 0.01 binds on the memorised 6-word sentence: it comes out cut to 4 pieces
+    cut = greedy_search(model, src[1:2, : lengths[1]], lengths[1:2], max_output_ratio=0.01)[0]
+    assert len(free[1].ids) > 4 and len(cut.ids) == 4
+
+
+def test_padding_never_leaks_into_scores(trained):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    line, long_line = trained["train_src"][3], toy_sentence(60, seed=3)
+    alone_src, alone_lengths = as_batch(tokenizer, [line])
+    both_src, both_lengths = as_batch(tokenizer, [line, long_line])
+    assert both_src.size(1) > 5 * alone_src.size(1)
+    (greedy_alone,) = greedy_search(model, alone_src, alone_lengths)
+    greedy_both = greedy_search(model, both_src, both_lengths)[0]
+    assert greedy_both.ids == greedy_alone.ids
+    assert greedy_both.score == pytest.approx(greedy_alone.score, abs=ATOL)
+    torch.testing.assert_close(greedy_both.attention, greedy_alone.attention, atol=ATOL, rtol=0)
+    (beam_alone,) = beam_search(model, alone_src, alone_lengths, beam_size=5, n_best=5)
+    beam_both = beam_search(model, both_src, both_lengths, beam_size=5, n_best=5)[0]
+    assert [h.ids for h in beam_both] == [h.ids for h in beam_alone]
+    for a, b in zip(beam_both, beam_alone):
+        assert a.score == pytest.approx(b.score, abs=ATOL)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_decode_lines_keeps_order_and_gives_empty_lines_an_empty_hypothesis(trained, mixed, beam_size):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    lines = [mixed[4], "", mixed[0], "   ", mixed[2], mixed[1], ""]
+    whole = decode_lines(model, tokenizer, lines, torch.device("cpu"), beam_size=beam_size)
+    small = decode_lines(model, tokenizer, lines, torch.device("cpu"), beam_size=beam_size, batch_tokens=3 * beam_size)
+    assert len(whole) == len(small) == len(lines)
+    for line, a, b in zip(lines, whole, small):
+        assert [h.ids for h in a] == [h.ids for h in b]  # batching does not change results
+        if not line.strip():
+            assert a[0].ids == [] and a[0].score == 0.0
+        else:
+            src, lengths = as_batch(tokenizer, [line])
+            alone = (
+                greedy_search(model, src, lengths)[0]
+                if beam_size == 1
+                else beam_search(model, src, lengths, beam_size=beam_size)[0][0]
+            )
+            assert a[0].ids == alone.ids  # each result belongs to its own line
+
+
+def test_decode_lines_truncates_long_sources(trained):
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    line = toy_sentence(30, seed=4)
+    (best,) = decode_lines(model, tokenizer, [line], torch.device("cpu"), max_src_length=10)[0]
+    assert best.attention.shape[1] == 10  # 9 pieces and EOS
+    assert len(best.ids) + 1 <= max_output_lengths(torch.tensor([10]), 1.5).item()
+    first_words = " ".join(line.split()[:9])
+    (same,) = decode_lines(model, tokenizer, [first_words], torch.device("cpu"))[0]
+    assert best.ids == same.ids
