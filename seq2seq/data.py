@@ -339,7 +339,9 @@ def split_to_multiple(batches: list[list[int]], ranks: int) -> list[list[int]]:
     while len(batches) % ranks:
         largest = max(range(len(batches)), key=lambda i: len(batches[i]), default=None)
         if largest is None or len(batches[largest]) < 2:
-            log.warning("%d single-sentence batches cannot be shared by %d processes: skipped", len(batches) % ranks, ranks)
+            log.warning(
+                "%d single-sentence batches cannot be shared by %d processes: skipped", len(batches) % ranks, ranks
+            )
             return batches[: len(batches) - len(batches) % ranks]
         batch = batches[largest]
         batches[largest : largest + 1] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]

@@ -70,6 +70,17 @@ def any_process(group: ProcessGroup, flag: bool) -> bool:
     return bool(value.item())
 
 
+def sum_over_processes(group: ProcessGroup, values: list[float]) -> list[float]:
+    """Element-wise sums of `values` over all processes (unchanged with one)."""
+    if not group.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
 def gather_objects(group: ProcessGroup, obj: object) -> list:
     """`obj` from every process, in rank order (a one-item list with one process)."""
     if not group.active:

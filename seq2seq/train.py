@@ -41,7 +41,7 @@ from seq2seq.data import (
     load_training_corpus,
     read_parallel,
 )
-from seq2seq.distributed import any_process, barrier, gather_objects, init_distributed, shutdown
+from seq2seq.distributed import any_process, barrier, gather_objects, init_distributed, shutdown, sum_over_processes
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
 from seq2seq.model import Seq2Seq, count_parameters
@@ -367,7 +367,7 @@ class Trainer:
                     bar.update(1)
                     if self.state.step % train.log_every == 0 and interval_tokens:
                         seconds = time.monotonic() - interval_start
-                        self._log_progress(bar, interval_loss / interval_tokens, interval_tokens / seconds)
+                        self._log_progress(bar, interval_loss, interval_tokens, seconds)
                         interval_loss, interval_tokens, interval_start = 0.0, 0, time.monotonic()
                     stop_reason, interrupted = self._agreed_stop(stop.requested)
                     if interrupted:  # save at once; validating could take minutes
@@ -398,7 +398,9 @@ class Trainer:
             # With DDP, gradients are averaged across processes once, after the last batch.
             synchronise = contextlib.nullcontext() if last or not self.group.active else self.train_model.no_sync()
             with synchronise:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+                ):
                     loss = sequence_loss(self.train_model, batch, self.config.train.label_smoothing) / len(batches)
                 self.scaler.scale(loss).backward()  # the scaler only scales with fp16
             loss_value += loss.item()
@@ -469,7 +471,12 @@ class Trainer:
             return f"reached train.max_time ({train.max_time})"
         return None
 
-    def _log_progress(self, bar: tqdm, loss: float, tokens_per_second: float) -> None:
+    def _log_progress(self, bar: tqdm, loss_sum: float, tokens: int, seconds: float) -> None:
+        """Record loss and speed over the last interval (summed over all processes)."""
+        loss_sum, tokens = sum_over_processes(self.group, [loss_sum, float(tokens)])
+        if not self.group.is_main:
+            return
+        loss, tokens_per_second = loss_sum / max(tokens, 1.0), tokens / seconds
         lr = self.optimizer.param_groups[0]["lr"]
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_second:,.0f}", lr=f"{lr:.2e}", refresh=False)
         record = {
