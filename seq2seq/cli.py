@@ -39,7 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     from seq2seq.train import train
 
     config = load_config(args.config, args.set or [])
-    summary = train(config, resume=args.resume, force=args.force)
+    summary = train(config, resume=args.resume, force=args.force, argv=["seq2seq", *args.argv])
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one line and return status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in checkpoints
     setup_logging(args.verbose)
     try:
         return args.func(args)

@@ -93,6 +93,8 @@ def _processor(model: bytes) -> spm.SentencePieceProcessor:
 def train_sentencepiece(lines: Iterable[str], config: TokenizerConfig, seed: int) -> bytes:
     """Train one SentencePiece model on `lines` and return its bytes."""
     lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise UserError("no non-empty lines to train SentencePiece on: the training corpus is empty")
     if len(lines) > config.input_sentence_size:  # sample ourselves: deterministic for a seed
         lines = random.Random(seed).sample(lines, config.input_sentence_size)
     model = io.BytesIO()
@@ -112,6 +114,11 @@ def train_sentencepiece(lines: Iterable[str], config: TokenizerConfig, seed: int
         )
     except RuntimeError as exc:
         message = str(exc)
+        if "smaller than required_chars" in message:
+            raise UserError(
+                f"tokenizer.vocab_size {config.vocab_size} is too small for this corpus's characters: raise "
+                "tokenizer.vocab_size or lower tokenizer.character_coverage"
+            ) from None
         if "Vocabulary size" in message or "vocab_size" in message:
             raise UserError(
                 f"tokenizer.vocab_size {config.vocab_size} is too large for this corpus "
@@ -126,12 +133,15 @@ def _cache_key(digests: Sequence[str], config: TokenizerConfig, seed: int) -> st
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConfig, seed: int) -> bytes:
+def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConfig, seed: int, names: str) -> bytes:
     path = cache_dir / f"spm-{key}.model"
     if path.is_file():
         log.info("SentencePiece model reused from cache: %s", path)
         return path.read_bytes()
-    model = train_sentencepiece(lines_source(), config, seed)
+    lines = lines_source()
+    if not lines:
+        raise UserError(f"{names} hold(s) no non-empty lines: nothing to train SentencePiece on")
+    model = train_sentencepiece(lines, config, seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(model)
@@ -151,14 +161,29 @@ def build_tokenizer(
     if config.joint:
         log.info("Training a joint SentencePiece %s model, vocabulary %d", config.model_type, config.vocab_size)
         model = _cached_model(
-            cache_dir, _cache_key(digests, config, seed), lambda: sample_lines(paths, limit, seed), config, seed
+            cache_dir,
+            _cache_key(digests, config, seed),
+            lambda: sample_lines(paths, limit, seed),
+            config,
+            seed,
+            f"{paths[0]} and {paths[1]}",
         )
         return Tokenizer(model, model)
     log.info("Training source and target SentencePiece models, vocabulary %d each", config.vocab_size)
     src_model = _cached_model(
-        cache_dir, _cache_key(digests[:1], config, seed), lambda: sample_lines(paths[:1], limit, seed), config, seed
+        cache_dir,
+        _cache_key(digests[:1], config, seed),
+        lambda: sample_lines(paths[:1], limit, seed),
+        config,
+        seed,
+        str(paths[0]),
     )
     tgt_model = _cached_model(
-        cache_dir, _cache_key(digests[1:], config, seed), lambda: sample_lines(paths[1:], limit, seed), config, seed
+        cache_dir,
+        _cache_key(digests[1:], config, seed),
+        lambda: sample_lines(paths[1:], limit, seed),
+        config,
+        seed,
+        str(paths[1]),
     )
     return Tokenizer(src_model, tgt_model)

@@ -57,12 +57,12 @@ log = logging.getLogger(__name__)
 MAX_BAD_STEPS_IN_A_ROW = 10
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; 'cuda' without a GPU is a user error."""
+def resolve_device(name: str, setting: str = "--device") -> torch.device:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is a user error naming `setting`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'")
+        raise UserError(f"{setting} is 'cuda' but no CUDA GPU is visible: use 'auto' or 'cpu'")
     return torch.device(name)
 
 
@@ -172,7 +172,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.train.run_dir)
         self.argv = argv if argv is not None else sys.argv
-        self.group, self.device = init_distributed(resolve_device(config.train.device))
+        self.group, self.device = init_distributed(resolve_device(config.train.device, "train.device"))
         if not self.group.is_main:  # one voice: the other processes only warn
             logging.getLogger("seq2seq").setLevel(logging.WARNING)
         self._log_handler = None
@@ -222,11 +222,23 @@ class Trainer:
         if resume:
             if not last.is_file():
                 raise UserError(f"nothing to resume: {last} does not exist (train without --resume to start the run)")
-            stored = ckpt.load_checkpoint(last)["config"]
-            if not force and _without_run_limits(stored) != _without_run_limits(config_to_dict(self.config)):
+            payload = ckpt.load_checkpoint(last)
+            stored = payload.get("config")
+            if not force and (
+                not isinstance(stored, dict)
+                or _without_run_limits(stored) != _without_run_limits(config_to_dict(self.config))
+            ):
                 raise UserError(
                     f"{self.run_dir} holds a run of a different config: resume with the same config "
                     "(only train.max_steps/max_epochs/max_time may change) or add --force"
+                )
+            missing = [
+                k for k in ("model", "optimizer", "schedule", "training_state", "rng", "tokenizer") if k not in payload
+            ]
+            if missing:
+                raise UserError(
+                    f"{last} holds no training state ({', '.join(missing)} missing): it cannot be resumed from; "
+                    "start a new run, or restore the last.pt the run wrote"
                 )
         elif last.is_file() and not force:
             raise UserError(
@@ -318,15 +330,18 @@ class Trainer:
         torch.set_rng_state(rng["torch"][self.group.rank])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        best = f", best dev BLEU {self.state.best_bleu:.2f} at step {self.state.best_step}" if self.dev else ""
         log.info(
-            "Resumed %s at step %d (epoch %d, batch %d of it), best dev BLEU %.2f at step %d",
+            "Resumed %s at step %d (epoch %d, batch %d of it)%s",
             self.run_dir,
             self.state.step,
             self.state.epoch + 1,
             self.state.batch_in_epoch,
-            self.state.best_bleu,
-            self.state.best_step,
+            best,
         )
+        if self.group.is_main:  # records written after this checkpoint belong to the lost part of the run
+            for name in ("metrics.jsonl", "progress.jsonl"):
+                _truncate_records(self.run_dir / name, self.state.step)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -572,6 +587,9 @@ class Trainer:
         }
 
     def _save_checkpoints(self, is_best: bool, rng: dict) -> None:
+        if self.state.consecutive_bad:
+            log.warning("Not saving at step %d: the last update was skipped as non-finite", self.state.step)
+            return
         weights = self.weights_payload()
         resume = {
             **weights,
@@ -641,6 +659,15 @@ def _groups_of(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
     iterator = iter(batches)
     while group := list(itertools.islice(iterator, size)):
         yield group
+
+
+def _truncate_records(path: Path, last_step: int) -> None:
+    """Keep only the JSON-lines records of steps up to `last_step`."""
+    if path.is_file():
+        kept = [
+            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _attach_run_log(path: Path) -> logging.Handler:
