@@ -24,7 +24,6 @@ def two_process_config(tmp_path: Path, run: str) -> dict:
     return config
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
     config = two_process_config(tmp_path, "ddp")
     config_file = tmp_path / "ddp.yaml"

@@ -18,12 +18,13 @@ from seq2seq.attention import ATTENTION_TYPES
 from seq2seq.checkpoint import save_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import config_from_dict, load_config
+from seq2seq.data import collate
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
 from seq2seq.model import load_trained
 from seq2seq.plots import read_jsonl
 from seq2seq.search import decode_lines
-from seq2seq.train import train
+from seq2seq.train import Trainer, train
 
 OVERFIT_STEPS = 80  # BLEU 100 by step 50-60 for every seed tried; 80 leaves a margin (about 2 s)
 
@@ -305,3 +306,19 @@ def test_cli_subprocess_user_error_has_no_traceback(tmp_path: Path, tiny_config)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("seq2seq: error: unknown config key 'model.hiden'")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_autocast(toy_config, precision: str):
+    toy_config["train"].update(precision=precision, max_steps=30, validate_every=30)
+    trainer = Trainer(config_from_dict(toy_config))
+    try:
+        trainer.sampler.set_epoch(0)
+        batch = collate([trainer.dataset[i] for i in next(iter(trainer.sampler))])
+        with torch.autocast("cpu", dtype=trainer.autocast_dtype):
+            logits, _ = trainer.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out != 1)
+        assert logits.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    assert summary["skipped_updates"] == 0 and summary["best_dev_bleu"] > 0
