@@ -25,24 +25,7 @@ def two_process_config(tmp_path: Path, run: str) -> dict:
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
-    config = two_process_config(tmp_path, "ddp")
-    config_file = tmp_path / "ddp.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "seq2seq",
-        "train",
-        str(config_file),
-    ]
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    run_torchrun(two_process_config(tmp_path, "ddp"), tmp_path / "ddp.yaml")
 
     # One process, two batches per update: batches 2k and 2k+1 of the epoch, as ranks 0 and 1 see them.
     single = two_process_config(tmp_path, "single")
@@ -68,3 +51,38 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     # The logged loss covers both processes' tokens (token-weighted); the single run logs the mean of
     # its two batch means, so the two agree up to the batches' different token counts.
     assert ddp_losses == pytest.approx(single_losses, rel=1e-2)
+
+
+def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "seq2seq",
+        "train",
+        str(config_file),
+        *extra,
+    ]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+
+def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path: Path):
+    config = two_process_config(tmp_path, "whole")
+    config["model"]["dropout"] = 0.3  # each process's dropout RNG must be restored too
+    run_torchrun(config, tmp_path / "whole.yaml")
+    stopped = {**config, "train": {**config["train"], "run_dir": str(tmp_path / "resumed"), "max_steps": 3}}
+    run_torchrun(stopped, tmp_path / "resumed.yaml")
+    resumed = {**stopped, "train": {**stopped["train"], "max_steps": 6}}
+    run_torchrun(resumed, tmp_path / "resumed.yaml", "--resume")
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    again = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert again["training_state"]["step"] == 6 and again["training_state"]["world_size"] == 2
+    for name, tensor in whole["model"].items():
+        assert torch.equal(again["model"][name], tensor), name
