@@ -396,8 +396,16 @@ class Trainer:
                 else:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
+                    if train.max_epochs is not None and self.state.epoch >= train.max_epochs:
+                        stop_reason = f"reached train.max_epochs ({train.max_epochs})"
+                        if self.state.step % train.validate_every:  # not validated at this step yet
+                            self._save_point(validate=True)
         bar.close()
         return self._finish(stop_reason, interrupted=stop_reason == "interrupted")
+
+    def _autocast(self) -> torch.autocast:
+        """Autocast to train.precision (disabled for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def _train_step(self, batches: list[Batch]) -> float | None:
         """One update from the gradients of `batches` (averaged); returns the mean loss, or None if skipped."""
@@ -413,9 +421,7 @@ class Trainer:
             # With DDP, gradients are averaged across processes once, after the last batch.
             synchronise = contextlib.nullcontext() if last or not self.group.active else self.train_model.no_sync()
             with synchronise:
-                with torch.autocast(
-                    self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-                ):
+                with self._autocast():
                     loss = sequence_loss(self.train_model, batch, self.config.train.label_smoothing) / len(batches)
                 self.scaler.scale(loss).backward()  # the scaler only scales with fp16
             loss_value += loss.item()
@@ -465,9 +471,7 @@ class Trainer:
         early = None
         if self.group.is_main:
             if validate:
-                with torch.autocast(
-                    self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-                ):
+                with self._autocast():
                     early = self._validate_and_save(rng)
             else:
                 self._save_checkpoints(False, rng)

@@ -322,3 +322,14 @@ def test_mixed_precision_trains_with_autocast(toy_config, precision: str):
     finally:
         trainer.close()
     assert summary["skipped_updates"] == 0 and summary["best_dev_bleu"] > 0
+
+
+def test_max_epochs_ends_with_a_validation_and_a_checkpoint(toy_config):
+    toy_config["train"].update(max_steps=None, max_epochs=2, validate_every=1000)
+    summary = train(config_from_dict(toy_config))
+    run_dir = Path(toy_config["train"]["run_dir"])
+    assert summary["stop_reason"] == "reached train.max_epochs (2)" and summary["epochs"] == 2
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == [summary["steps"]]
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["step"] == summary["steps"] and last["training_state"]["epoch"] == 2
