@@ -50,11 +50,13 @@ def write_synthetic(directory: Path, pairs: int, seed: int = 0) -> tuple[Path, P
     return paths
 
 
-def peak_rss_mib() -> tuple[float, float]:
-    """Peak resident memory of this process and of its largest child (MiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return own, children
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB).
+
+    The workers' own peaks are not reported: a child's ru_maxrss starts from its parent's size at
+    fork time, so it would only repeat the main process's figure.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -70,7 +72,7 @@ def main() -> None:
         paths = write_synthetic(directory, args.pairs)
         written = time.perf_counter() - started
         size_mb = sum(p.stat().st_size for p in paths) / 1e6
-        before = peak_rss_mib()[0]
+        before = peak_rss_mib()
         started = time.perf_counter()
         lines = count_lines(paths[0]), count_lines(paths[1])
         digests = file_digest(paths[0]), file_digest(paths[1])
@@ -79,7 +81,7 @@ def main() -> None:
         tokenized = time.perf_counter()
         corpus, stats = load_training_corpus(paths, digests, tokenizer, 100, 100, directory / "cache", args.workers)
         encoded = time.perf_counter()
-        own, child = peak_rss_mib()
+        own = peak_rss_mib()
         figures = {
             "pairs": args.pairs,
             "corpus_mb": round(size_mb, 1),
@@ -93,7 +95,6 @@ def main() -> None:
             "pairs_per_s_total": round(args.pairs / (encoded - started)),
             "peak_rss_main_mib": round(own),
             "peak_rss_main_before_mib": round(before),
-            "peak_rss_worker_mib": round(child),
             "write_corpus_s": round(written, 1),
             "lines": lines[0],
         }
