@@ -79,7 +79,7 @@ def main() -> None:
         counted = time.perf_counter()
         tokenizer = build_tokenizer(paths, digests, TokenizerConfig(vocab_size=args.vocab), directory / "cache", seed=1)
         tokenized = time.perf_counter()
-        corpus, stats = load_training_corpus(paths, digests, tokenizer, 100, 100, directory / "cache", args.workers)
+        _, stats = load_training_corpus(paths, digests, tokenizer, 100, 100, directory / "cache", args.workers)
         encoded = time.perf_counter()
         own = peak_rss_mib()
         figures = {
