@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from seq2seq.attention import ATTENTION_TYPES, check_attention_config
+from seq2seq.attention import ATTENTION_TYPES
 from seq2seq.config import Config, config_from_dict, config_to_dict, parse_duration
 from seq2seq.data import read_parallel
 from seq2seq.errors import UserError
@@ -26,7 +25,7 @@ from seq2seq.metrics import bleu, chrf
 from seq2seq.model import count_parameters, load_trained
 from seq2seq.plots import plot_attention, plot_bleu_by_length, read_jsonl
 from seq2seq.search import decode_lines
-from seq2seq.train import train
+from seq2seq.train import resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,7 @@ def variant_configs(base: Config, variants: list[str], budget: str, output: Path
         data["train"].update(
             limits, max_epochs=None, early_stopping_patience=None, run_dir=str(output / "runs" / variant)
         )
-        config = config_from_dict(data)
-        check_attention_config(config.model)  # fail before training anything
-        configs[variant] = config
+        configs[variant] = config_from_dict(data)  # validates the attention too: fails before any training
     return configs
 
 
@@ -124,7 +121,7 @@ def evaluate_variant(
     heatmap_dir: Path,
 ) -> VariantResult:
     """Test-set scores, speeds and heatmaps of one trained variant."""
-    device = torch.device("cuda" if torch.cuda.is_available() and config.train.device != "cpu" else "cpu")
+    device = resolve_device(config.train.device, "train.device")
     model, tokenizer, _, _ = load_trained(Path(config.train.run_dir) / "best.pt", device)
     sources, references = test
     started = time.perf_counter()
@@ -215,6 +212,8 @@ def compare(
     for number, (variant, config) in enumerate(configs.items(), start=1):
         log.info("=== Variant %d of %d: %s (budget %s) ===", number, len(configs), variant, budget)
         summary = train(copy.deepcopy(config), force=force)
+        if summary["interrupted"]:
+            raise KeyboardInterrupt  # Ctrl-C stops the whole comparison, not just this variant
         results.append(
             evaluate_variant(variant, config, summary, (test_src, test_ref), beam, indices, output / "heatmaps")
         )

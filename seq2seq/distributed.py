@@ -81,6 +81,15 @@ def sum_over_processes(group: ProcessGroup, values: list[float]) -> list[float]:
     return tensor.tolist()
 
 
+def broadcast_from_main(group: ProcessGroup, obj: object) -> object:
+    """The main process's `obj`, on every process."""
+    if not group.active:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def gather_objects(group: ProcessGroup, obj: object) -> list:
     """`obj` from every process, in rank order (a one-item list with one process)."""
     if not group.active:

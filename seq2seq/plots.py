@@ -15,7 +15,13 @@ def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSON-lines file ([] when it does not exist)."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or the last line of a run killed mid-write
+    return records
 
 
 def plot_training_curves(run_dir: Path) -> Path:

@@ -41,11 +41,19 @@ from seq2seq.data import (
     load_training_corpus,
     read_parallel,
 )
-from seq2seq.distributed import any_process, barrier, gather_objects, init_distributed, shutdown, sum_over_processes
+from seq2seq.distributed import (
+    any_process,
+    barrier,
+    broadcast_from_main,
+    gather_objects,
+    init_distributed,
+    shutdown,
+    sum_over_processes,
+)
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
 from seq2seq.model import Seq2Seq, count_parameters
-from seq2seq.plots import plot_training_curves
+from seq2seq.plots import plot_training_curves, read_jsonl
 from seq2seq.runinfo import run_record
 from seq2seq.schedule import LearningRateSchedule
 from seq2seq.search import decode_lines
@@ -308,6 +316,10 @@ class Trainer:
             num_replicas=self.group.world_size,
             rank=self.group.rank,
         )
+        if not self.sampler.rank_batches(0):
+            raise UserError(
+                f"{self.group.world_size} processes but too few batches to share: use fewer processes or a larger corpus"
+            )
         self.dev = None
         if data.dev and self.group.is_main:
             dev_src, dev_ref, _ = read_parallel(data.dev, data.src_lang, data.tgt_lang)
@@ -316,8 +328,15 @@ class Trainer:
             log.info("Dev set: %s, %d pairs", data.dev, len(self.dev.src))
 
     def _restore(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise UserError(
+                f"{self.run_dir / 'last.pt'} holds a different model or optimizer ({reason[:120]}): "
+                "start this config in a new run directory instead of resuming"
+            ) from None
         self.schedule.load_state_dict(payload["schedule"])
         self.state = TrainingState(**payload["training_state"])
         if self.state.world_size != self.group.world_size:
@@ -328,8 +347,8 @@ class Trainer:
         rng = payload["rng"]
         random.setstate(_python_rng_state(rng["python"]))
         torch.set_rng_state(rng["torch"][self.group.rank])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"][self.group.rank], self.device)
         best = f", best dev BLEU {self.state.best_bleu:.2f} at step {self.state.best_step}" if self.dev else ""
         log.info(
             "Resumed %s at step %d (epoch %d, batch %d of it)%s",
@@ -357,7 +376,7 @@ class Trainer:
             disable=None if self.group.is_main else True,
         )
         interval_loss, interval_tokens, interval_start = 0.0, 0, time.monotonic()
-        stop_reason = None
+        stop_reason = self._limit_reached(False)  # a resumed run may already be at its limit
         with StopRequest() as stop:
             while stop_reason is None:
                 if train.max_epochs is not None and self.state.epoch >= train.max_epochs:
@@ -466,8 +485,8 @@ class Trainer:
         Returns a reason to stop early, which all processes then share.
         """
         rng = {"python": random.getstate(), "torch": gather_objects(self.group, torch.get_rng_state())}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":
+            rng["cuda"] = gather_objects(self.group, torch.cuda.get_rng_state(self.device))
         early = None
         if self.group.is_main:
             if validate:
@@ -476,6 +495,8 @@ class Trainer:
             else:
                 self._save_checkpoints(False, rng)
         barrier(self.group)
+        if self.group.active:  # the plateau schedule changed on the main process only
+            self.schedule.load_state_dict(broadcast_from_main(self.group, self.schedule.state_dict()))
         if any_process(self.group, early is not None):
             return early or "early stopping (decided by the main process)"
         return None
@@ -531,7 +552,6 @@ class Trainer:
         texts = [self.tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
         score = bleu(texts, self.dev.ref)
         record.update(dev_bleu=round(score.value, 2), decode_seconds=round(time.monotonic() - started, 1))
-        self.last_dev_hypotheses = texts
         return record
 
     @torch.no_grad()
@@ -666,12 +686,10 @@ def _groups_of(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
 
 
 def _truncate_records(path: Path, last_step: int) -> None:
-    """Keep only the JSON-lines records of steps up to `last_step`."""
+    """Keep only the JSON-lines records of steps up to `last_step` (and drop a line a crash cut short)."""
     if path.is_file():
-        kept = [
-            line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step
-        ]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = [record for record in read_jsonl(path) if record.get("step", 0) <= last_step]
+        path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
 
 def _attach_run_log(path: Path) -> logging.Handler:

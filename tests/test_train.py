@@ -333,3 +333,30 @@ def test_max_epochs_ends_with_a_validation_and_a_checkpoint(toy_config):
     assert [r["step"] for r in records] == [summary["steps"]]
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert last["step"] == summary["steps"] and last["training_state"]["epoch"] == 2
+
+
+def test_resuming_a_finished_run_trains_no_further(toy_config):
+    toy_config["train"].update(max_steps=6, validate_every=3)
+    train(config_from_dict(toy_config))
+    run_dir = Path(toy_config["train"]["run_dir"])
+    before = torch.load(run_dir / "last.pt", weights_only=True)
+    summary = train(config_from_dict(toy_config), resume=True)
+    after = torch.load(run_dir / "last.pt", weights_only=True)
+    assert summary["steps"] == 6 and after["step"] == 6
+    for name, tensor in before["model"].items():
+        assert torch.equal(after["model"][name], tensor)
+
+
+def test_resume_survives_a_half_written_record_and_refuses_another_model(toy_config, capsys):
+    toy_config["train"].update(max_steps=4, validate_every=2)
+    train(config_from_dict(toy_config))
+    run_dir = Path(toy_config["train"]["run_dir"])
+    with open(run_dir / "progress.jsonl", "a") as handle:
+        handle.write('{"step": 5, "train_lo')  # the line a kill -9 cut short
+    toy_config["train"]["max_steps"] = 6
+    assert train(config_from_dict(toy_config), resume=True)["steps"] == 6
+    assert [r["step"] for r in read_jsonl(run_dir / "progress.jsonl")] == [1, 2, 3, 4, 5, 6]
+    config_file = write_config(run_dir.parent, {**toy_config, "model": {**toy_config["model"], "embedding_size": 16}})
+    assert main(["train", config_file, "--resume", "--force"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("seq2seq: error: ") and "different model" in error
