@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seq2seq.data import EncodedCorpus, ParallelDataset, collate, read_lines
-from seq2seq.errors import UserError
+from seq2seq.data import EncodedCorpus, ParallelDataset, collate, read_parallel_files
 from seq2seq.model import load_trained
 from seq2seq.train import resolve_device
 from seq2seq.translate import pharaoh, word_alignment
@@ -26,9 +25,7 @@ def force_align(
     """
     torch_device = resolve_device(device)
     model, tokenizer, _, _ = load_trained(checkpoint, torch_device)
-    src_lines, tgt_lines = read_lines(Path(src_file)), read_lines(Path(tgt_file))
-    if len(src_lines) != len(tgt_lines):
-        raise UserError(f"misaligned input: {src_file} has {len(src_lines)} lines but {tgt_file} has {len(tgt_lines)}")
+    src_lines, tgt_lines = read_parallel_files(Path(src_file), Path(tgt_file), what="input")
     src_ids, tgt_ids = tokenizer.encode_src(src_lines), tokenizer.encode_tgt(tgt_lines)
     dataset = ParallelDataset(EncodedCorpus.from_lists(src_ids, tgt_ids))
     alignments, arrays = [], {}

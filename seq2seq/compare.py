@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from seq2seq.attention import ATTENTION_TYPES
 from seq2seq.config import Config, config_from_dict, config_to_dict, parse_duration
 from seq2seq.data import read_parallel

@@ -53,15 +53,26 @@ def read_lines(path: Path) -> list[str]:
     return list(iter_lines(path))
 
 
-def read_parallel(prefix: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str], tuple[Path, Path]]:
-    """Source and target lines of a line-aligned corpus; the two files must have equal line counts."""
-    src_path, tgt_path = corpus_file(prefix, src_lang), corpus_file(prefix, tgt_lang)
-    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
-    if len(src_lines) != len(tgt_lines):
+def check_aligned(src_path: Path, src_count: int, tgt_path: Path, tgt_count: int, what: str = "corpus") -> None:
+    """The one-line error for two sides of a parallel text with different line counts."""
+    if src_count != tgt_count:
         raise UserError(
-            f"misaligned corpus: {src_path} has {len(src_lines)} lines but {tgt_path} has {len(tgt_lines)}; "
+            f"misaligned {what}: {src_path} has {src_count} lines but {tgt_path} has {tgt_count}; "
             "line i of one must translate line i of the other"
         )
+
+
+def read_parallel_files(src_path: Path, tgt_path: Path, what: str = "corpus") -> tuple[list[str], list[str]]:
+    """The lines of two line-aligned files (equal line counts, else a UserError naming both)."""
+    src_lines, tgt_lines = read_lines(Path(src_path)), read_lines(Path(tgt_path))
+    check_aligned(src_path, len(src_lines), tgt_path, len(tgt_lines), what)
+    return src_lines, tgt_lines
+
+
+def read_parallel(prefix: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str], tuple[Path, Path]]:
+    """Source and target lines of a line-aligned corpus `prefix.src_lang` / `prefix.tgt_lang`."""
+    src_path, tgt_path = corpus_file(prefix, src_lang), corpus_file(prefix, tgt_lang)
+    src_lines, tgt_lines = read_parallel_files(src_path, tgt_path)
     return src_lines, tgt_lines, (src_path, tgt_path)
 
 
@@ -188,10 +199,7 @@ def parallel_chunks(src_path: Path, tgt_path: Path, size: int = CHUNK_LINES) -> 
         if len(src_chunk) != len(tgt_chunk):
             src_total = count + len(src_chunk) + sum(1 for _ in src_lines)
             tgt_total = count + len(tgt_chunk) + sum(1 for _ in tgt_lines)
-            raise UserError(
-                f"misaligned corpus: {src_path} has {src_total} lines but {tgt_path} has {tgt_total}; "
-                "line i of one must translate line i of the other"
-            )
+            check_aligned(src_path, src_total, tgt_path, tgt_total)
         if not src_chunk:
             return
         count += len(src_chunk)

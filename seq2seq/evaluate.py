@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq.data import read_lines, read_parallel
+from seq2seq.data import read_parallel, read_parallel_files
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
 from seq2seq.model import load_trained
@@ -46,9 +46,7 @@ def test_files(config, split: str, src: str | None, ref: str | None) -> tuple[li
     if (src is None) != (ref is None):
         raise UserError("give both --src and --ref, or neither (then --split chooses the config's test or dev set)")
     if src is not None:
-        src_lines, ref_lines = read_lines(Path(src)), read_lines(Path(ref))
-        if len(src_lines) != len(ref_lines):
-            raise UserError(f"misaligned test set: {src} has {len(src_lines)} lines but {ref} has {len(ref_lines)}")
+        src_lines, ref_lines = read_parallel_files(Path(src), Path(ref), what="test set")
         return src_lines, ref_lines, Path(src).stem
     prefix = getattr(config.data, split)
     if not prefix:

@@ -35,6 +35,7 @@ from seq2seq.data import (
     EncodedCorpus,
     ParallelDataset,
     TokenBucketSampler,
+    check_aligned,
     collate,
     corpus_file,
     file_digest,
@@ -267,11 +268,7 @@ class Trainer:
         paths = (corpus_file(data.train, data.src_lang), corpus_file(data.train, data.tgt_lang))
         self.data_digests = (file_digest(paths[0]), file_digest(paths[1]))
         line_counts = count_lines(paths[0]), count_lines(paths[1])
-        if line_counts[0] != line_counts[1]:
-            raise UserError(
-                f"misaligned corpus: {paths[0]} has {line_counts[0]} lines but {paths[1]} has {line_counts[1]}; "
-                "line i of one must translate line i of the other"
-            )
+        check_aligned(paths[0], line_counts[0], paths[1], line_counts[1])
         log.info("Training corpus: %s and %s, %d pairs", paths[0], paths[1], line_counts[0])
         if not self.group.is_main:
             barrier(self.group)  # the main process fills the cache first; the others then read it
