@@ -59,15 +59,20 @@ def barrier(group: ProcessGroup) -> None:
         dist.barrier()
 
 
+def max_over_processes(group: ProcessGroup, value: int) -> int:
+    """The largest of every process's `value`, on every process (one all-reduce)."""
+    if not group.active:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def any_process(group: ProcessGroup, flag: bool) -> bool:
     """True on every process if `flag` is true on any of them (a stop decision all agree on)."""
-    if not group.active:
-        return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        value = value.cuda()
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(max_over_processes(group, int(flag)))
 
 
 def sum_over_processes(group: ProcessGroup, values: list[float]) -> list[float]:

@@ -48,6 +48,7 @@ from seq2seq.distributed import (
     broadcast_from_main,
     gather_objects,
     init_distributed,
+    max_over_processes,
     shutdown,
     sum_over_processes,
 )
@@ -469,10 +470,11 @@ class Trainer:
         reason = self._limit_reached(stop_requested)
         if not self.group.active:
             return reason, reason == "interrupted"
-        interrupted = any_process(self.group, reason == "interrupted")
-        if interrupted:
+        # One all-reduce per step: 2 = some process was interrupted, 1 = one reached a limit, 0 = go on.
+        code = max_over_processes(self.group, 2 if reason == "interrupted" else int(reason is not None))
+        if code == 2:
             return "interrupted", True
-        if any_process(self.group, reason is not None):
+        if code == 1:
             return reason or "another process reached a limit", False
         return None, False
 
