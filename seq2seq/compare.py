@@ -23,7 +23,7 @@ from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
 from seq2seq.model import count_parameters, load_trained
 from seq2seq.plots import plot_attention, plot_bleu_by_length, read_jsonl
-from seq2seq.search import decode_lines
+from seq2seq.search import attention_view, decode_lines
 from seq2seq.train import resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,8 @@ def evaluate_variant(
     (Path(config.train.run_dir) / "test.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     for number, index in enumerate(heatmap_indices, start=1):
         hypothesis = found[index][0]
-        src_ids = tokenizer.encode_src([sources[index]])[0]
-        weights = hypothesis.attention[: len(hypothesis.ids), : len(src_ids)]
         plot_attention(
-            tokenizer.src_pieces(src_ids),
-            tokenizer.tgt_pieces(hypothesis.ids),
-            weights,
+            *attention_view(tokenizer, tokenizer.encode_src([sources[index]])[0], hypothesis),
             heatmap_dir / f"sentence{number}-{variant}.png",
             title=f"{variant}: {sources[index]}",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,8 @@ from torch import Tensor
 
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,7 +168,7 @@ def decode_lines(
     """
     encoded = tokenizer.encode_src(lines)
     if max_src_length is not None:
-        encoded = [ids[: max_src_length - 1] for ids in encoded]
+        encoded = [_truncated(ids, max_src_length - 1, number) for number, ids in enumerate(encoded, start=1)]
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, torch.zeros(1, 0))] for _ in lines]
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
     for batch in _length_batches(order, encoded, max(1, batch_tokens // beam_size)):
@@ -183,6 +186,20 @@ def decode_lines(
     if progress is not None:
         progress.update(len(lines) - len(order))  # the empty lines
     return results
+
+
+def _truncated(ids: list[int], limit: int, number: int) -> list[int]:
+    if len(ids) > limit:
+        log.warning(
+            "line %d has %d pieces: only the first %d are translated (--max-src-length)", number, len(ids), limit
+        )
+    return ids[:limit]
+
+
+def attention_view(tokenizer, src_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str], Tensor]:
+    """Source pieces, output pieces and attention [out, src] without the EOS row and column (for display)."""
+    weights = hypothesis.attention[: len(hypothesis.ids), : len(src_ids)]
+    return tokenizer.src_pieces(src_ids), tokenizer.tgt_pieces(hypothesis.ids), weights
 
 
 def _length_batches(order: list[int], encoded: list[list[int]], batch_tokens: int) -> list[list[int]]:

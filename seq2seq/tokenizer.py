@@ -90,11 +90,13 @@ def _processor(model: bytes) -> spm.SentencePieceProcessor:
         raise UserError(f"not a usable SentencePiece model ({exc})") from None
 
 
-def train_sentencepiece(lines: Iterable[str], config: TokenizerConfig, seed: int) -> bytes:
-    """Train one SentencePiece model on `lines` and return its bytes."""
+def train_sentencepiece(
+    lines: Iterable[str], config: TokenizerConfig, seed: int, source: str = "the training corpus"
+) -> bytes:
+    """Train one SentencePiece model on `lines` (read from `source`, named in errors) and return its bytes."""
     lines = [line for line in lines if line.strip()]
     if not lines:
-        raise UserError("no non-empty lines to train SentencePiece on: the training corpus is empty")
+        raise UserError(f"{source} hold(s) no non-empty lines: nothing to train SentencePiece on")
     if len(lines) > config.input_sentence_size:  # sample ourselves: deterministic for a seed
         lines = random.Random(seed).sample(lines, config.input_sentence_size)
     model = io.BytesIO()
@@ -138,10 +140,7 @@ def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConf
     if path.is_file():
         log.info("SentencePiece model reused from cache: %s", path)
         return path.read_bytes()
-    lines = lines_source()
-    if not lines:
-        raise UserError(f"{names} hold(s) no non-empty lines: nothing to train SentencePiece on")
-    model = train_sentencepiece(lines, config, seed)
+    model = train_sentencepiece(lines_source(), config, seed, names)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(model)

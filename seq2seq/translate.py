@@ -14,7 +14,7 @@ from seq2seq.errors import UserError
 from seq2seq.evaluate import DecodeOptions
 from seq2seq.model import Trained, load_trained
 from seq2seq.plots import plot_attention
-from seq2seq.search import Hypothesis, decode_lines
+from seq2seq.search import Hypothesis, attention_view, decode_lines
 from seq2seq.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -110,30 +110,16 @@ class Translator:
     def pieces(self, line: str, hypothesis: Hypothesis) -> tuple[list[str], list[str], torch.Tensor]:
         """Source pieces, output pieces and attention [out, src] without EOS, for display or alignment."""
         src_ids = self.tokenizer.encode_src([line])[0][: self.options.max_src_length - 1]
-        weights = hypothesis.attention[: len(hypothesis.ids), : len(src_ids)]
-        return self.tokenizer.src_pieces(src_ids), self.tokenizer.tgt_pieces(hypothesis.ids), weights
+        return attention_view(self.tokenizer, src_ids, hypothesis)
 
     def text(self, hypothesis: Hypothesis) -> str:
         """Detokenized output."""
         return self.tokenizer.decode_tgt(hypothesis.ids)
 
-    def warn_if_truncated(self, lines: list[str]) -> None:
-        """Log a warning for each line longer than the source limit."""
-        limit = self.options.max_src_length - 1
-        for number, ids in enumerate(self.tokenizer.encode_src(lines), start=1):
-            if len(ids) > limit:
-                log.warning(
-                    "line %d has %d pieces: only the first %d are translated (--max-src-length)",
-                    number,
-                    len(ids),
-                    limit,
-                )
-
 
 def translate_batch(translator: Translator, source: TextIO, sink: TextIO, alignment: TextIO | None = None) -> int:
     """Translate every line of `source` to `sink` (one output line per input line); returns the line count."""
     lines = [line.rstrip("\r\n") for line in source]
-    translator.warn_if_truncated(lines)
     with tqdm(
         total=len(lines), unit="sent", desc="translating", disable=None if len(lines) > 50 else True, file=sys.stderr
     ) as bar:
@@ -175,7 +161,6 @@ def interactive(
             break
         if not line:
             continue
-        translator.warn_if_truncated([line])
         hypotheses = translator.translate([line])[0]
         for rank, hypothesis in enumerate(hypotheses, start=1):
             prefix = f"{rank}. " if translator.n_best > 1 else ""
