@@ -380,7 +380,8 @@ class TokenBucketSampler(Sampler[list[int]]):
         # +1: every side gets an EOS (and the target input a BOS)
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64) + 1
         self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64) + 1
-        longest = int(max(self.src_lengths.max(initial=0), self.tgt_lengths.max(initial=0)))
+        self.widths = np.maximum(self.src_lengths, self.tgt_lengths)  # padded size per pair and side
+        longest = int(self.widths.max(initial=0))
         if longest > max_tokens:
             raise UserError(
                 f"train.batch_tokens ({max_tokens}) is smaller than the longest sentence ({longest} pieces): "
@@ -403,8 +404,7 @@ class TokenBucketSampler(Sampler[list[int]]):
         order = list(range(len(self.src_lengths)))
         if self.shuffle:
             rng.shuffle(order)
-        longest = np.maximum(self.src_lengths, self.tgt_lengths)
-        average = max(1, int(np.mean(longest))) if len(longest) else 1
+        average = max(1, int(np.mean(self.widths))) if len(self.widths) else 1
         pool_size = max(1, self.pool_batches * self.max_tokens // average)
         batches: list[list[int]] = []
         for start in range(0, len(order), pool_size):
@@ -418,7 +418,7 @@ class TokenBucketSampler(Sampler[list[int]]):
         batch: list[int] = []
         widest = 0
         for index in pool:
-            width = int(max(self.src_lengths[index], self.tgt_lengths[index]))
+            width = int(self.widths[index])
             if batch and max(widest, width) * (len(batch) + 1) > self.max_tokens:
                 yield batch
                 batch, widest = [], 0
