@@ -418,6 +418,7 @@ class Trainer:
                         if self.state.step % train.validate_every:  # not validated at this step yet
                             self._save_point(validate=True)
         bar.close()
+        barrier(self.group)  # leave together: a process tearing gloo down under another can abort it
         return self._finish(stop_reason, interrupted=stop_reason == "interrupted")
 
     def _autocast(self) -> torch.autocast:
