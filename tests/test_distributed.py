@@ -53,6 +53,12 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert ddp_losses == pytest.approx(single_losses, rel=1e-2)
 
 
+# Intermittent (seen in about 1 of 5 full-suite runs, never alone): a process aborts during set-up with
+# "terminate called without an active exception" from the C++ runtime, before any checkpoint is written.
+# The cause is not found yet (see the closing note); such a launch is retried once, and only such a launch.
+GLOO_ABORT = "terminate called without an active exception"
+
+
 def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
     config_file.write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -70,6 +76,9 @@ def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
         *extra,
     ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    if finished.returncode and GLOO_ABORT in finished.stderr:
+        retry = command if "--resume" in extra else [*command, "--force"]
+        finished = subprocess.run(retry, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
 
