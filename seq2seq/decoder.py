@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.attention import Attention
+from seq2seq.gru import GRU
 from seq2seq.tokenizer import PAD_ID
 
 
@@ -63,9 +64,7 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.bridge = nn.Linear(key_size, layers * hidden_size)
         rnn_input = embedding_size + (hidden_size if input_feeding else 0)
-        self.rnn = nn.GRU(
-            rnn_input, hidden_size, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
-        )
+        self.rnn = GRU(rnn_input, hidden_size, num_layers=layers, dropout=dropout if layers > 1 else 0.0)
         self.attention = attention
         self.combine = nn.Linear(hidden_size + key_size, hidden_size)
         self.output = nn.Linear(hidden_size, vocab_size)

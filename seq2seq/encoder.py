@@ -1,11 +1,11 @@
-"""The encoder: embeddings and a bidirectional GRU over packed (unpadded) sequences."""
+"""The encoder: embeddings and a bidirectional GRU that stops at each sentence's end."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seq2seq.gru import GRU
 from seq2seq.tokenizer import PAD_ID
 
 
@@ -16,21 +16,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(dropout)
-        self.rnn = nn.GRU(
-            embedding_size,
-            hidden_size,
-            num_layers=layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=dropout if layers > 1 else 0.0,
+        self.rnn = GRU(
+            embedding_size, hidden_size, num_layers=layers, bidirectional=True, dropout=dropout if layers > 1 else 0.0
         )
         self.output_size = 2 * hidden_size
 
     def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """States [B, S, 2H] (zeros on padding) and the last layer's final states [B, 2H]."""
         embedded = self.dropout(self.embedding(src))  # [B, S, E]
-        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_states, final = self.rnn(packed)  # final: [layers * 2, B, H]
-        states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=src.size(1))
+        states, final = self.rnn(embedded, None, src_lengths)  # [B, S, 2H]; final: [layers * 2, B, H]
         summary = torch.cat([final[-2], final[-1]], dim=-1)  # forward and backward, last layer
         return self.dropout(states), summary

@@ -120,3 +120,23 @@ def test_check_attention_config_rejects_unknown_type():
 def test_check_attention_config_rejects_indivisible_heads():
     with pytest.raises(UserError, match=r"\(64\) divisible by model\.attention\.heads \(5\)"):
         check_attention_config(model_config("multihead", heads=5))
+
+
+def test_additive_cpu_scores_equal_the_plain_formula_values_and_gradients():
+    """The chunked sigmoid-based CPU path computes v . tanh(W q + U k) and its exact gradients."""
+    torch.manual_seed(0)
+    attention = ATTENTION_TYPES["additive"](8, 6).double()
+    query = torch.randn(3, 5, 8, dtype=torch.double, requires_grad=True)
+    states = torch.randn(3, 4, 6, dtype=torch.double, requires_grad=True)
+    scores = attention.score(query, attention.precompute(states))
+    keys = attention.precompute(states)
+    hidden = torch.tanh(attention.query_layer(query)[:, :, None, :] + keys[:, None, :, :])
+    plain = attention.energy_layer(hidden).squeeze(-1)
+    torch.testing.assert_close(scores, plain)
+    weights = torch.randn_like(scores)
+    inputs = [query, states, *attention.parameters()]
+    for ours, reference in zip(
+        torch.autograd.grad((scores * weights).sum(), inputs), torch.autograd.grad((plain * weights).sum(), inputs)
+    ):
+        torch.testing.assert_close(ours, reference)
+    assert torch.autograd.gradcheck(lambda q, s: attention.score(q, attention.precompute(s)), (query, states))

@@ -1,0 +1,184 @@
+"""A GRU for CPU training whose backward pass computes each weight gradient in one matmul.
+
+`torch.nn.GRU` on CPU runs a C++ loop over time steps, and autograd records every step: its
+backward computes the recurrent weight's gradient step by step (a small matmul, a zero fill and
+an add per step). On the quickstart model that bookkeeping was a third of a training step.
+This module keeps `nn.GRU`'s parameters, names and initialisation (checkpoints load either way)
+and, on CPU, runs its own recurrence:
+
+    gates_x = x W_ih^T + b_ih                 all time steps in one matmul
+    for t:  gates_h = h W_hh^T + b_hh
+            r = sigmoid(gx_r + gh_r)    z = sigmoid(gx_z + gh_z)
+            n = tanh(gx_n + r * gh_n)   h = n + z (h - n)
+
+with a hand-written backward (`GRURecurrence`) that walks back through time computing only the
+per-step gradients it must, then forms dW_hh = sum_t dgates_h[t]^T h[t-1] as one matmul over
+all steps; dW_ih likewise falls out of autograd as one matmul over the input projection.
+
+Variable lengths (the encoder's padded batches) are handled without packing: a step beyond a
+sentence's end leaves its state unchanged, so the final state is the state at the last real
+token, and the backward direction reads each sentence reversed within its own length.
+On CUDA, cuDNN's fused kernels are faster than any Python loop, so `forward` hands over to
+`nn.GRU` there.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class GRURecurrence(torch.autograd.Function):
+    """The time loop of one GRU direction, time-major, with a backward that batches dW_hh.
+
+    Inputs: gates_x [T, B, 3H] (input projections, b_ih included), h0 [B, H], w_hh [3H, H],
+    b_hh [3H], keep [T, B, 1] (1.0 on real steps, 0.0 past a sentence's end) or None.
+    Output: states [T, B, H], the state after every step (padding steps repeat the last one).
+    """
+
+    @staticmethod
+    def forward(ctx, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, keep: Tensor | None) -> Tensor:
+        steps, hidden = gates_x.size(0), h0.size(1)
+        states = gates_x.new_empty(steps, *h0.shape)  # [T, B, H]
+        saved = gates_x.new_empty(4, steps, *h0.shape)  # r, z, n and gh_n for the backward pass
+        h = h0
+        for t in range(steps):
+            gates_h = torch.addmm(b_hh, h, w_hh.t()).to(gates_x.dtype)  # [B, 3H]
+            gx_r, gx_z, gx_n = gates_x[t].split(hidden, dim=1)
+            gh_r, gh_z, gh_n = gates_h.split(hidden, dim=1)
+            r = torch.sigmoid(gx_r + gh_r)
+            z = torch.sigmoid(gx_z + gh_z)
+            n = torch.tanh(gx_n + r * gh_n)
+            new_h = n + z * (h - n)
+            if keep is not None:  # past a sentence's end the state stays as it was
+                new_h = h + keep[t] * (new_h - h)
+            states[t] = new_h
+            saved[0, t], saved[1, t], saved[2, t], saved[3, t] = r, z, n, gh_n
+            h = new_h
+        ctx.save_for_backward(states, h0, w_hh, keep, saved)
+        ctx.autocast = _autocast_state(gates_x.device.type)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states: Tensor):
+        states, h0, w_hh, keep, saved = ctx.saved_tensors
+        r_all, z_all, n_all, gh_n_all = saved
+        steps, hidden = states.size(0), states.size(2)
+        previous = torch.cat([h0[None], states[:-1]])  # [T, B, H]: the state each step started from
+        grad_gates_x = states.new_empty(steps, states.size(1), 3 * hidden)  # [T, B, 3H]
+        grad_gates_h = torch.empty_like(grad_gates_x)
+        grad_h = torch.zeros_like(h0)  # gradient flowing back into the state after step t
+        with torch.autocast(states.device.type, **ctx.autocast):
+            for t in reversed(range(steps)):
+                grad_h = grad_h + grad_states[t]
+                if keep is not None:
+                    grad_carried = grad_h * (1.0 - keep[t])  # what a padding step passes straight through
+                    grad_h = grad_h * keep[t]
+                r, z, n, gh_n, h = r_all[t], z_all[t], n_all[t], gh_n_all[t], previous[t]
+                grad_n = grad_h * (1.0 - z) * (1.0 - n * n)  # through h = n + z (h - n) and tanh
+                grad_z = grad_h * (h - n) * z * (1.0 - z)
+                grad_r = grad_n * gh_n * r * (1.0 - r)
+                grad_gates_x[t] = torch.cat([grad_r, grad_z, grad_n], dim=1)
+                grad_gates_h[t] = torch.cat([grad_r, grad_z, grad_n * r], dim=1)
+                grad_h = grad_h * z + torch.mm(grad_gates_h[t], w_hh).to(grad_h.dtype)
+                if keep is not None:
+                    grad_h = grad_h + grad_carried
+            # The recurrent weight's gradient over all steps at once: [3H, T*B] @ [T*B, H].
+            grad_w_hh = torch.mm(grad_gates_h.flatten(0, 1).t(), previous.flatten(0, 1)).to(w_hh.dtype)
+        grad_b_hh = grad_gates_h.sum(dim=(0, 1)).to(w_hh.dtype)
+        return grad_gates_x, grad_h, grad_w_hh, grad_b_hh, None
+
+
+def _autocast_state(device_type: str) -> dict:
+    """The autocast settings in force, to apply again in the backward pass."""
+    if not torch.is_autocast_enabled(device_type):
+        return {"enabled": False}
+    return {"enabled": True, "dtype": torch.get_autocast_dtype(device_type)}
+
+
+def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each row of x [B, T, ...] within its length, leaving padding in place (an involution)."""
+    steps = torch.arange(x.size(1), device=x.device)[None, :]  # [1, T]
+    lengths = lengths.to(x.device)[:, None]  # [B, 1]
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # [B, T]
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+class GRU(nn.GRU):
+    """`nn.GRU` (batch-first) with a faster CPU training path and lengths instead of packing.
+
+    forward(x [B, T, I], h0 [L*D, B, H] or None, lengths [B] or None) ->
+        outputs [B, T, D*H] (zeros past each length), final states [L*D, B, H].
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout,
+        )
+
+    def forward(self, x: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.is_cuda:
+            return self._forward_fused(x, h0, lengths)
+        directions = 2 if self.bidirectional else 1
+        if h0 is None:
+            h0 = x.new_zeros(self.num_layers * directions, x.size(0), self.hidden_size)
+        keep = None
+        if lengths is not None:  # [T, B, 1]: 1.0 on real steps
+            steps = torch.arange(x.size(1), device=x.device)
+            keep = (steps[:, None] < lengths.to(x.device)[None, :]).to(torch.float32)[:, :, None]
+        finals, layer_input = [], x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                out = self._run_direction(layer_input, h0[index], index, direction == 1, keep, lengths)
+                outputs.append(out)
+                finals.append(_final_state(out, lengths, reverse=direction == 1))
+            layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+        if keep is not None:
+            layer_input = layer_input * keep.transpose(0, 1).to(layer_input.dtype)  # zeros past each length
+        return layer_input, torch.stack(finals)
+
+    def _run_direction(self, x: Tensor, h0: Tensor, index: int, reverse: bool, keep, lengths) -> Tensor:
+        """States [B, T, H] of one direction of one layer (in the input's order)."""
+        suffix = f"_l{index // (2 if self.bidirectional else 1)}" + ("_reverse" if reverse else "")
+        w_ih, w_hh = getattr(self, "weight_ih" + suffix), getattr(self, "weight_hh" + suffix)
+        b_ih, b_hh = getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)
+        if reverse:
+            x = reverse_within_lengths(x, lengths) if lengths is not None else x.flip(1)
+        gates_x = F.linear(x, w_ih, b_ih).transpose(0, 1).contiguous()  # [T, B, 3H]: every step in one matmul
+        if gates_x.dtype != h0.dtype:  # autocast: matmuls in low precision, the state in full precision
+            gates_x = gates_x.to(h0.dtype)
+        states = GRURecurrence.apply(gates_x, h0, w_hh, b_hh, keep).transpose(0, 1)  # [B, T, H]
+        if reverse:
+            states = reverse_within_lengths(states, lengths) if lengths is not None else states.flip(1)
+        return states
+
+    def _forward_fused(self, x: Tensor, h0: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """nn.GRU's own (cuDNN) implementation, packing the batch when lengths are given."""
+        if lengths is None:
+            return super().forward(x, h0)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_out, final = super().forward(packed, h0)
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.size(1))
+        return outputs, final
+
+
+def _final_state(states: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """The state [B, H] after a direction's last real step: position len-1 forward, 0 backward."""
+    if reverse:
+        return states[:, 0]
+    if lengths is None:
+        return states[:, -1]
+    return states[torch.arange(states.size(0), device=states.device), lengths.to(states.device) - 1]
