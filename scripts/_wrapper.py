@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from seq2seq.cli import main  # noqa: E402
+from seq2seq.cli import main
 
 
 def run(command: str) -> None:

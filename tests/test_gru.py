@@ -28,7 +28,7 @@ def _inputs(layers: int, bidirectional: bool) -> tuple[torch.Tensor, torch.Tenso
 
 def _gradients(outputs, final, inputs, module):
     generator = torch.Generator().manual_seed(1)  # (randn_like would follow each tensor's memory layout)
-    weigh = lambda t: (t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum()  # noqa: E731
+    weigh = lambda t: (t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum()
     loss = weigh(outputs) + weigh(final)
     return torch.autograd.grad(loss, [*inputs, *module.parameters()])
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from seq2seq.config import TokenizerConfig  # noqa: E402
-from seq2seq.data import file_digest, load_training_corpus  # noqa: E402
-from seq2seq.textfiles import count_lines, iter_lines  # noqa: E402
-from seq2seq.tokenizer import build_tokenizer  # noqa: E402
+from seq2seq.config import TokenizerConfig
+from seq2seq.data import file_digest, load_training_corpus
+from seq2seq.textfiles import count_lines, iter_lines
+from seq2seq.tokenizer import build_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
