@@ -120,24 +120,24 @@ class AdditiveScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query: Tensor, keys: Tensor, v: Tensor) -> Tensor:
-        query2, keys2 = 2 * query, 2 * keys  # [B, Tq, H], [B, Ts, H]
+        query2 = 2 * query  # [B, Tq, H]
         scores = query.new_empty(query.size(0), query.size(1), keys.size(1))  # [B, Tq, Ts]
-        buffer = query.new_empty(keys.size(0), keys.size(1), keys.size(2))  # [B, Ts, H]
+        buffer = torch.empty_like(keys)  # [B, Ts, H]
         for t in range(query.size(1)):
-            sigmoid = torch.add(query2[:, t, None, :], keys2, out=buffer).sigmoid_()  # sigmoid(2 (q + k))
+            sigmoid = torch.add(query2[:, t, None, :], keys, alpha=2, out=buffer).sigmoid_()  # sigmoid(2 (q + k))
             scores[:, t] = sigmoid @ v
-        ctx.save_for_backward(query2, keys2, v)
+        ctx.save_for_backward(query2, keys, v)
         return scores.mul_(2).sub_(v.sum())  # v . (2 sigmoid - 1) = v . tanh
 
     @staticmethod
     def backward(ctx, grad_scores: Tensor):
-        query2, keys2, v = ctx.saved_tensors
-        grad_query, grad_keys = torch.empty_like(query2), torch.zeros_like(keys2)
+        query2, keys, v = ctx.saved_tensors
+        grad_query, grad_keys = torch.empty_like(query2), torch.zeros_like(keys)
         grad_v_sigmoid = torch.zeros_like(v)  # sum of grad_scores * sigmoid, over b, t, s
-        buffer = torch.empty_like(keys2)  # [B, Ts, H]
+        buffer = torch.empty_like(keys)  # [B, Ts, H]
         four_v = 4 * v
         for t in range(query2.size(1)):
-            sigmoid = torch.add(query2[:, t, None, :], keys2, out=buffer).sigmoid_()
+            sigmoid = torch.add(query2[:, t, None, :], keys, alpha=2, out=buffer).sigmoid_()
             grad = grad_scores[:, t, :, None]  # [B, Ts, 1]
             grad_v_sigmoid += (grad * sigmoid).sum(dim=(0, 1))
             # d tanh(x)/dx = 1 - tanh^2 = 4 sigmoid (1 - sigmoid), with the sigmoid of 2x

@@ -42,28 +42,34 @@ def force_eos(log_probs: Tensor, rows: Tensor) -> None:
 
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_ratio: float = 1.5) -> list[Hypothesis]:
-    """Most probable piece at each step, for a batch of source ids [B, S] (EOS-terminated)."""
+    """Most probable piece at each step, for a batch of source ids [B, S] (EOS-terminated).
+
+    Sentences leave the batch as soon as they end, so the rest decode faster.
+    """
     src_mask = src != PAD_ID
     memory, state = model.encode(src, src_lengths, src_mask)
-    batch = src.size(0)
-    limits = max_output_lengths(src_lengths, max_output_ratio).to(src.device)  # [B]
-    previous = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    scores = torch.zeros(batch, device=src.device)
-    tokens, weights = [], []
+    batch, device = src.size(0), src.device
+    limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
+    alive = torch.arange(batch, device=device)  # [B']: the sentences still being decoded
+    previous = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # [B', 1]
+    scores = torch.zeros(batch, device=device)
+    tokens, weights = [], []  # per step: [B] pieces (PAD once ended) and [B, S] attention
     for step in range(int(limits.max())):
-        attentional, state, step_weights = model.decoder(previous, state, memory)  # [B, 1, H], _, [B, 1, S]
-        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B, V]
+        attentional, state, step_weights = model.decoder(previous, state, memory)  # [B', 1, H], _, [B', 1, S]
+        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B', V]
         log_probs[:, PAD_ID] = float("-inf")
-        force_eos(log_probs, limits == step + 1)
-        best_score, best = log_probs.max(dim=-1)  # [B]
-        best = best.masked_fill(finished, PAD_ID)
-        scores += best_score.masked_fill(finished, 0.0)
-        tokens.append(best)
-        weights.append(step_weights[:, 0])
-        finished |= best == EOS_ID
-        if bool(finished.all()):
-            break
+        force_eos(log_probs, limits[alive] == step + 1)
+        best_score, best = log_probs.max(dim=-1)  # [B']
+        scores[alive] += best_score
+        tokens.append(torch.full((batch,), PAD_ID, dtype=torch.long, device=device).index_copy_(0, alive, best))
+        weights.append(step_weights.new_zeros(batch, src.size(1)).index_copy_(0, alive, step_weights[:, 0]))
+        going = best != EOS_ID  # [B']
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            alive, best = alive[keep], best[keep]
+            memory, state = memory.select(keep), state.select(keep)
         previous = best[:, None]
     token_matrix = torch.stack(tokens, dim=1).cpu()  # [B, T]
     weight_matrix = torch.stack(weights, dim=1).float().cpu()  # [B, T, S]
@@ -107,43 +113,49 @@ def beam_search(
     rows = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]: each row's sentence
     memory, state = memory.select(rows), state.select(rows)
     limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
-    scores = torch.full((batch, k), float("-inf"), device=device)
+    alive = torch.arange(batch, device=device)  # [B']: sentences still searching (done ones leave the batch)
+    scores = torch.full((batch, k), float("-inf"), device=device)  # [B', K]
     scores[:, 0] = 0.0  # one live beam per sentence at the start
-    tokens = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)  # [B*K, t+1]
-    attention = torch.zeros(batch * k, 0, src.size(1), device=device)  # [B*K, t, S]
+    tokens = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)  # [B'*K, t+1]
+    attention = torch.zeros(batch * k, 0, src.size(1), device=device)  # [B'*K, t, S]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(int(limits.max())):
+        searching = alive.numel()
         attentional, state, step_weights = model.decoder(tokens[:, -1:], state, memory)
-        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B*K, V]
+        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B'*K, V]
         log_probs[:, PAD_ID] = float("-inf")
-        force_eos(log_probs, (limits == step + 1).repeat_interleave(k))
+        force_eos(log_probs, (limits[alive] == step + 1).repeat_interleave(k))
         vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(batch, k * vocab)
-        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # [B, 2K]
+        candidates = (scores.view(-1, 1) + log_probs).view(searching, k * vocab)
+        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # [B', 2K]
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab
-        attention = torch.cat([attention, step_weights.float()], dim=1)  # [B*K, t+1, S]
+        attention = torch.cat([attention, step_weights.float()], dim=1)  # [B'*K, t+1, S]
         is_eos = (cand_token == EOS_ID) & torch.isfinite(cand_scores)
         is_eos[:, k:] = False  # only an EOS among the K best can finish a hypothesis
-        is_eos &= ~done[:, None]
-        for b, j in is_eos.nonzero().tolist():
+        for i, j in is_eos.nonzero().tolist():
+            b = int(alive[i])
             if len(finished[b]) >= k:
                 continue
-            row = b * k + int(cand_beam[b, j])
+            row = i * k + int(cand_beam[i, j])
             ids = tokens[row, 1:].tolist()
-            raw = float(cand_scores[b, j])
+            raw = float(cand_scores[i, j])
             score = raw / length_penalty(len(ids) + 1, alpha)
             weights = attention[row, :, : int(src_lengths[b])].cpu()
             finished[b].append(Hypothesis(ids, score, weights, raw))
-        done |= torch.tensor([len(f) >= k for f in finished], device=device)
-        if bool(done.all()):
+        going = torch.tensor([len(finished[int(b)]) < k for b in alive], device=device)  # [B']
+        if not bool(going.any()):
             break
         # The K best candidates that do not end here stay alive (EOS ones sort last).
-        position = torch.arange(2 * k, device=device).expand(batch, -1)
-        keep = (position + 2 * k * (cand_token == EOS_ID)).argsort(dim=1)[:, :k]  # [B, K]
-        scores = cand_scores.gather(1, keep).masked_fill(done[:, None], float("-inf"))
-        parent = (cand_beam.gather(1, keep) + torch.arange(batch, device=device)[:, None] * k).view(-1)
-        tokens = torch.cat([tokens[parent], cand_token.gather(1, keep).view(-1, 1)], dim=1)
+        position = torch.arange(2 * k, device=device).expand(searching, -1)
+        keep = (position + 2 * k * (cand_token == EOS_ID)).argsort(dim=1)[:, :k]  # [B', K]
+        parent = cand_beam.gather(1, keep) + torch.arange(searching, device=device)[:, None] * k  # [B', K]
+        scores, new_tokens = cand_scores.gather(1, keep), cand_token.gather(1, keep)
+        if not bool(going.all()):  # sentences with K finished hypotheses leave the batch
+            still = going.nonzero().squeeze(1)
+            alive, scores, new_tokens, parent = alive[still], scores[still], new_tokens[still], parent[still]
+            memory = memory.select((still[:, None] * k + torch.arange(k, device=device)).view(-1))
+        parent = parent.view(-1)
+        tokens = torch.cat([tokens[parent], new_tokens.view(-1, 1)], dim=1)
         attention, state = attention[parent], state.select(parent)
     return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
 

@@ -107,6 +107,20 @@ def test_beam_search_finds_at_least_the_greedy_score(trained, mixed):
         assert b.score >= g.score - ATOL
 
 
+def test_batched_greedy_search_equals_one_sentence_at_a_time(trained, mixed):
+    """Sentences leave the batch as they end: the others' results must not change."""
+    model, tokenizer = trained["model"], trained["tokenizer"]
+    src, lengths = as_batch(tokenizer, mixed)
+    batched = greedy_search(model, src, lengths)
+    assert len({len(h.ids) for h in batched}) > 2  # sentences end at different steps
+    for line, together in zip(mixed, batched):
+        one_src, one_lengths = as_batch(tokenizer, [line])
+        (alone,) = greedy_search(model, one_src, one_lengths)
+        assert together.ids == alone.ids
+        assert together.score == pytest.approx(alone.score, abs=ATOL)
+        torch.testing.assert_close(together.attention, alone.attention, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_batched_beam_search_equals_one_sentence_at_a_time(trained, mixed, alpha):
     model, tokenizer = trained["model"], trained["tokenizer"]
