@@ -141,7 +141,7 @@ class AdditiveScores(torch.autograd.Function):
             grad = grad_scores[:, t, :, None]  # [B, Ts, 1]
             grad_v_sigmoid += (grad * sigmoid).sum(dim=(0, 1))
             # d tanh(x)/dx = 1 - tanh^2 = 4 sigmoid (1 - sigmoid), with the sigmoid of 2x
-            grad_hidden = sigmoid.sub_(sigmoid.square()).mul_(grad).mul_(four_v)  # [B, Ts, H]
+            grad_hidden = torch.addcmul(sigmoid, sigmoid, sigmoid, value=-1).mul_(grad).mul_(four_v)  # [B, Ts, H]
             grad_query[:, t] = grad_hidden.sum(dim=1)
             grad_keys += grad_hidden
         grad_v = 2 * grad_v_sigmoid - grad_scores.sum()

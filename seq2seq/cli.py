@@ -52,6 +52,7 @@ def _decode_options(args: argparse.Namespace):
         max_output_ratio=args.max_output_ratio,
         batch_tokens=args.batch_tokens,
         max_src_length=args.max_src_length,
+        precision=args.precision,
     )
 
 
@@ -153,6 +154,12 @@ def _add_decode_arguments(parser: argparse.ArgumentParser, default_beam: int) ->
     parser.add_argument("--batch-tokens", type=int, default=4000, help="source tokens per decoding batch")
     parser.add_argument(
         "--max-src-length", type=int, default=250, help="longer inputs are truncated (pieces), with a warning"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: autocast matmuls to bfloat16 (faster on CPUs with AVX-512 bf16 and on GPUs)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 

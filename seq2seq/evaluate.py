@@ -23,13 +23,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodeOptions:
-    """How to search: beam size (1 = greedy), GNMT length penalty, output length limit, batch size."""
+    """How to search: beam size (1 = greedy), GNMT length penalty, output length limit, batch size, precision."""
 
     beam_size: int = 5
     alpha: float = 1.0
     max_output_ratio: float = 1.5
     batch_tokens: int = 4000
     max_src_length: int = 250
+    precision: str = "fp32"  # fp32 | bf16 (autocast: matmuls in bfloat16)
 
     def check(self) -> None:
         """Raise a UserError for impossible values."""
@@ -39,6 +40,8 @@ class DecodeOptions:
             raise UserError(f"--alpha must be 0 or more, got {self.alpha}")
         if self.max_output_ratio <= 0 or self.batch_tokens <= 0 or self.max_src_length < 2:
             raise UserError("--max-output-ratio and --batch-tokens must be positive, --max-src-length at least 2")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
 
 
 def test_files(config, split: str, src: str | None, ref: str | None) -> tuple[list[str], list[str], str]:
@@ -88,6 +91,7 @@ def evaluate(
             beam_size=options.beam_size,
             alpha=options.alpha,
             max_src_length=options.max_src_length,
+            precision=options.precision,
             progress=bar,
         )
     seconds = time.perf_counter() - started

@@ -42,7 +42,8 @@ class GRURecurrence(torch.autograd.Function):
     def forward(ctx, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, keep: Tensor | None) -> Tensor:
         steps, hidden = gates_x.size(0), h0.size(1)
         states = gates_x.new_empty(steps, *h0.shape)  # [T, B, H]
-        saved = gates_x.new_empty(4, steps, *h0.shape)  # r, z, n and gh_n for the backward pass
+        training = any(ctx.needs_input_grad)
+        saved = gates_x.new_empty(4, steps, *h0.shape) if training else None  # r, z, n, gh_n for backward
         h = h0
         for t in range(steps):
             gates_h = torch.addmm(b_hh, h, w_hh.t()).to(gates_x.dtype)  # [B, 3H]
@@ -55,7 +56,8 @@ class GRURecurrence(torch.autograd.Function):
             if keep is not None:  # past a sentence's end the state stays as it was
                 new_h = h + keep[t] * (new_h - h)
             states[t] = new_h
-            saved[0, t], saved[1, t], saved[2, t], saved[3, t] = r, z, n, gh_n
+            if training:
+                saved[0, t], saved[1, t], saved[2, t], saved[3, t] = r, z, n, gh_n
             h = new_h
         ctx.save_for_backward(states, h0, w_hh, keep, saved)
         ctx.autocast = _autocast_state(gates_x.device.type)
@@ -129,8 +131,10 @@ class GRU(nn.GRU):
         if x.is_cuda:
             return self._forward_fused(x, h0, lengths)
         directions = 2 if self.bidirectional else 1
+        state_dtype = self.weight_hh_l0.dtype  # under autocast only the matmuls run in low precision
         if h0 is None:
-            h0 = x.new_zeros(self.num_layers * directions, x.size(0), self.hidden_size)
+            h0 = x.new_zeros(self.num_layers * directions, x.size(0), self.hidden_size, dtype=state_dtype)
+        h0 = h0.to(state_dtype)
         keep = None
         if lengths is not None:  # [T, B, 1]: 1.0 on real steps
             steps = torch.arange(x.size(1), device=x.device)
@@ -158,8 +162,7 @@ class GRU(nn.GRU):
         if reverse:
             x = reverse_within_lengths(x, lengths) if lengths is not None else x.flip(1)
         gates_x = F.linear(x, w_ih, b_ih).transpose(0, 1).contiguous()  # [T, B, 3H]: every step in one matmul
-        if gates_x.dtype != h0.dtype:  # autocast: matmuls in low precision, the state in full precision
-            gates_x = gates_x.to(h0.dtype)
+        gates_x = gates_x.to(h0.dtype)  # autocast: matmuls in low precision, the state in full precision
         states = GRURecurrence.apply(gates_x, h0, w_hh, b_hh, keep).transpose(0, 1)  # [B, T, H]
         if reverse:
             states = reverse_within_lengths(states, lengths) if lengths is not None else states.flip(1)

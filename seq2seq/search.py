@@ -172,11 +172,13 @@ def decode_lines(
     n_best: int = 1,
     max_src_length: int | None = None,
     progress=None,
+    precision: str = "fp32",
 ) -> list[list[Hypothesis]]:
     """The `n_best` translations of each line, batched by length; an empty line gives one empty hypothesis.
 
     Beam size 1 is greedy search. `max_src_length` truncates longer sources (in pieces, EOS
-    included); `progress` is an optional tqdm bar advanced by lines.
+    included); `progress` is an optional tqdm bar advanced by lines; precision "bf16" decodes under
+    bfloat16 autocast (scores and attention stay float32).
     """
     encoded = tokenizer.encode_src(lines)
     if max_src_length is not None:
@@ -187,10 +189,11 @@ def decode_lines(
         sources = [torch.tensor(encoded[i] + [EOS_ID]) for i in batch]
         src = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD_ID).to(device)
         src_lengths = torch.tensor([len(s) for s in sources], device=device)
-        if beam_size == 1:
-            found = [[h] for h in greedy_search(model, src, src_lengths, max_output_ratio)]
-        else:
-            found = beam_search(model, src, src_lengths, beam_size, alpha, max_output_ratio, n_best)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if beam_size == 1:
+                found = [[h] for h in greedy_search(model, src, src_lengths, max_output_ratio)]
+            else:
+                found = beam_search(model, src, src_lengths, beam_size, alpha, max_output_ratio, n_best)
         for index, hypotheses in zip(batch, found):
             results[index] = hypotheses
         if progress is not None:

@@ -104,6 +104,7 @@ class Translator:
             alpha=self.options.alpha,
             n_best=self.n_best,
             max_src_length=self.options.max_src_length,
+            precision=self.options.precision,
             progress=progress,
         )
 

@@ -96,6 +96,9 @@ def test_bf16_autocast_keeps_the_state_in_fp32_and_stays_close():
     assert outputs.dtype == torch.float32 and final.dtype == torch.float32
     torch.testing.assert_close(outputs, reference, atol=0.05, rtol=0.05)
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a low-precision initial state is lifted too
+        outputs, final = ours(x, torch.zeros(2, 4, 7, dtype=torch.bfloat16), LENGTHS)
+    assert outputs.dtype == torch.float32 and final.dtype == torch.float32
 
 
 def test_reverse_within_lengths_reverses_real_steps_and_is_its_own_inverse():

@@ -116,7 +116,10 @@ def run_process(command: list[str], log_path: Path, budget_s: float | None = Non
         # A shell's background job starts with SIGINT ignored, and a child would inherit that:
         # restore the default so that both trainers see the budget's SIGINT.
         process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT,
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         if budget_s is not None:
@@ -163,8 +166,13 @@ def our_config(work: Path, name: str, overrides: dict) -> Path:
 
 def train_ours(work: Path, name: str, overrides: dict, budget_s: float | None = None, log_every: int = 25) -> Run:
     """Train ours for max_steps (in overrides) or for budget_s seconds of training."""
-    overrides = {"data.dev": None, "data.test": None, "train.validate_every": 10**9, "train.log_every": log_every,
-                 **overrides}
+    overrides = {
+        "data.dev": None,
+        "data.test": None,
+        "train.validate_every": 10**9,
+        "train.log_every": log_every,
+        **overrides,
+    }
     if budget_s is not None:
         overrides.update({"train.max_steps": None, "train.max_time": f"{int(budget_s)}s"})
     else:
@@ -281,12 +289,24 @@ def joey_config(work: Path, name: str, spm_model: Path, vocabulary: Path, update
             "src": {"lang": data["src_lang"], **side},
             "trg": {"lang": data["tgt_lang"], **side},
             "special_symbols": {
-                "unk_token": "<unk>", "unk_id": 0, "pad_token": "<pad>", "pad_id": 1,
-                "bos_token": "<s>", "bos_id": 2, "eos_token": "</s>", "eos_id": 3,
+                "unk_token": "<unk>",
+                "unk_id": 0,
+                "pad_token": "<pad>",
+                "pad_id": 1,
+                "bos_token": "<s>",
+                "bos_id": 2,
+                "eos_token": "</s>",
+                "eos_id": 3,
             },
         },
-        "testing": {"beam_size": 1, "beam_alpha": 1.0, "batch_size": 4000, "batch_type": "token",
-                    "eval_metrics": ["bleu"], "sacrebleu_cfg": {"tokenize": "13a"}},
+        "testing": {
+            "beam_size": 1,
+            "beam_alpha": 1.0,
+            "batch_size": 4000,
+            "batch_type": "token",
+            "eval_metrics": ["bleu"],
+            "sacrebleu_cfg": {"tokenize": "13a"},
+        },
         "training": {
             "optimizer": train["optimizer"],
             "adam_betas": train["adam_betas"],
@@ -428,11 +448,17 @@ def main() -> int:
     log_every = 5 if args.quick else 25
     work = Path(args.work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
-    results = {"date": datetime.date.today().isoformat(), "mode": "quick" if args.quick else "full",
-               "command": " ".join(["python", *sys.argv]), "machine": machine_facts()}
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "mode": "quick" if args.quick else "full",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine_facts(),
+    }
     python = joey_python(work)
-    results["matmul_peak_gflops"] = {"fp32": matmul_peak_gflops(torch.float32),
-                                     "bf16": matmul_peak_gflops(torch.bfloat16)}
+    results["matmul_peak_gflops"] = {
+        "fp32": matmul_peak_gflops(torch.float32),
+        "bf16": matmul_peak_gflops(torch.bfloat16),
+    }
     log.info("matmul peak: %s GFLOP/s", {k: round(v) for k, v in results["matmul_peak_gflops"].items()})
 
     fixed = {}
@@ -440,10 +466,17 @@ def main() -> int:
         fixed[name] = train_ours(work, f"{name}-fixed", {**overrides, "train.max_steps": updates}, log_every=log_every)
     spm_model = work / "runs" / "ours-if-fp32-fixed" / "spm.joint.model"
     vocabulary = joey_vocabulary(work, spm_model)
-    fixed["joey"] = train_joey(python, work, joey_config(work, "joey-fixed", spm_model, vocabulary, updates, args.quick))
+    fixed["joey"] = train_joey(
+        python, work, joey_config(work, "joey-fixed", spm_model, vocabulary, updates, args.quick)
+    )
     for run in fixed.values():
-        log.info("fixed %s: %.0f tokens/s, %.2f GiB, %d updates", run.name, run.tokens_per_s, run.peak_rss_gib,
-                 run.updates or 0)
+        log.info(
+            "fixed %s: %.0f tokens/s, %.2f GiB, %d updates",
+            run.name,
+            run.tokens_per_s,
+            run.peak_rss_gib,
+            run.updates or 0,
+        )
 
     dev_src, dev_ref = split_files(work, "dev", limit)
     test_src, test_ref = split_files(work, "test", limit)
@@ -452,7 +485,9 @@ def main() -> int:
         if name == "joey":
             config = joey_config(work, "joey-budget", spm_model, vocabulary, None, args.quick)
             run = train_joey(python, work, config, budget_s)
-            decode = lambda src, ref, beam, tag: decode_joey(python, work, config, run.extra["checkpoint"], src, beam, tag)  # noqa: E731
+            decode = lambda src, ref, beam, tag: decode_joey(
+                python, work, config, run.extra["checkpoint"], src, beam, tag
+            )  # noqa: E731
         else:
             run = train_ours(work, f"{name}-budget", OURS_VARIANTS[name], budget_s, log_every)
             decode = lambda src, ref, beam, tag: decode_ours(work, run.extra["checkpoint"], src, ref, beam, tag)  # noqa: E731
@@ -464,9 +499,14 @@ def main() -> int:
             result = decode(test_src, test_ref, beam, f"{name}-test-beam{beam}")
             result["bleu"] = bleu_of(result["hypotheses"], test_ref)
             decoding[name][beam] = result
-        log.info("budget %s: %d updates, dev BLEU %.2f; test greedy %.1f sent/s, beam5 %.1f sent/s", name,
-                 run.updates or 0, run.extra["dev_bleu"], decoding[name][1]["sentences_per_s"],
-                 decoding[name][5]["sentences_per_s"])
+        log.info(
+            "budget %s: %d updates, dev BLEU %.2f; test greedy %.1f sent/s, beam5 %.1f sent/s",
+            name,
+            run.updates or 0,
+            run.extra["dev_bleu"],
+            decoding[name][1]["sentences_per_s"],
+            decoding[name][5]["sentences_per_s"],
+        )
 
     flops = {name: flops_per_target_token(work, OURS_VARIANTS[name]) for name in ("ours-if-fp32", "ours-fast-fp32")}
     write_report(results, fixed, budget, decoding, flops, updates, budget_s, Path(args.output))
@@ -482,7 +522,9 @@ def write_report(results, fixed, budget, decoding, flops, updates, budget_s, out
     results["fixed_updates"] = {"updates": updates, **{name: vars(run) for name, run in fixed.items()}}
     results["budget"] = {"minutes": budget_s / 60, **{name: vars(run) for name, run in budget.items()}}
     results["decoding"] = {
-        name: {f"beam{beam}": {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()} for beam, d in runs.items()}
+        name: {
+            f"beam{beam}": {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()} for beam, d in runs.items()
+        }
         for name, runs in decoding.items()
     }
     results["flops_per_target_token"] = flops
@@ -499,8 +541,12 @@ def write_report(results, fixed, budget, decoding, flops, updates, budget_s, out
     }
     if "joey" in budget:
         ratios["dev_bleu_delta"] = budget[ours_budget].extra["dev_bleu"] - budget["joey"].extra["dev_bleu"]
-        ratios["greedy_sent_per_s"] = decoding[ours_budget][1]["sentences_per_s"] / decoding["joey"][1]["sentences_per_s"]
-        ratios["beam5_sent_per_s"] = decoding[ours_budget][5]["sentences_per_s"] / decoding["joey"][5]["sentences_per_s"]
+        ratios["greedy_sent_per_s"] = (
+            decoding[ours_budget][1]["sentences_per_s"] / decoding["joey"][1]["sentences_per_s"]
+        )
+        ratios["beam5_sent_per_s"] = (
+            decoding[ours_budget][5]["sentences_per_s"] / decoding["joey"][5]["sentences_per_s"]
+        )
         if "ours-if-fp32" in budget:
             ratios["dev_bleu_delta_input_feeding"] = (
                 budget["ours-if-fp32"].extra["dev_bleu"] - budget["joey"].extra["dev_bleu"]
@@ -533,21 +579,34 @@ def markdown_table(results, fixed, budget, decoding, gflops, peak) -> str:
     joey = fixed["joey"]
     for name, run in fixed.items():
         share = f"{gflops[name]:.0f} ({gflops[name] / peak:.0%})" if name in gflops else ""
-        lines.append(f"| {name} | {run.tokens_per_s:,.0f} | {run.tokens_per_s / joey.tokens_per_s:.2f}x | "
-                     f"{run.peak_rss_gib:.2f} | {share} |")
-    lines += ["", f"## Equal wall-clock budget: {results['budget']['minutes']:g} minutes of training each", "",
-              "| run | updates | dev BLEU | test BLEU greedy | greedy sent/s | test BLEU beam 5 | beam-5 sent/s |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {name} | {run.tokens_per_s:,.0f} | {run.tokens_per_s / joey.tokens_per_s:.2f}x | "
+            f"{run.peak_rss_gib:.2f} | {share} |"
+        )
+    lines += [
+        "",
+        f"## Equal wall-clock budget: {results['budget']['minutes']:g} minutes of training each",
+        "",
+        "| run | updates | dev BLEU | test BLEU greedy | greedy sent/s | test BLEU beam 5 | beam-5 sent/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, run in budget.items():
         greedy, beam = decoding[name][1], decoding[name][5]
-        lines.append(f"| {name} | {run.updates} | {run.extra['dev_bleu']:.2f} | {greedy['bleu']:.2f} | "
-                     f"{greedy['sentences_per_s']:.1f} | {beam['bleu']:.2f} | {beam['sentences_per_s']:.1f} |")
+        lines.append(
+            f"| {name} | {run.updates} | {run.extra['dev_bleu']:.2f} | {greedy['bleu']:.2f} | "
+            f"{greedy['sentences_per_s']:.1f} | {beam['bleu']:.2f} | {beam['sentences_per_s']:.1f} |"
+        )
     lines += ["", "## Ratios (`ratios` in benchmark.json)", "", "| ratio | value |", "|---|---:|"]
     lines += [f"| {key} | {value} |" for key, value in results["ratios"].items()]
     flops = results["flops_per_target_token"]
-    lines += ["", "FLOPs per target token (matmuls only, forward + backward, counted with "
-              "torch.utils.flop_counter on 4 real training batches): "
-              + ", ".join(f"{name} {value / 1e6:.1f} M" for name, value in flops.items()) + ".", ""]
+    lines += [
+        "",
+        "FLOPs per target token (matmuls only, forward + backward, counted with "
+        "torch.utils.flop_counter on 4 real training batches): "
+        + ", ".join(f"{name} {value / 1e6:.1f} M" for name, value in flops.items())
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
