@@ -12,7 +12,7 @@ import runpy
 import sys
 
 import sentencepiece
-import torch.optim.lr_scheduler as lr_scheduler
+from torch.optim import lr_scheduler
 
 if not hasattr(sentencepiece.SentencePieceProcessor, "SetVocabulary"):
     sentencepiece.SentencePieceProcessor.SetVocabulary = lambda self, vocabulary: None

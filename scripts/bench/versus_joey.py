@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import logging
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -42,9 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import sacrebleu  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import sacrebleu
+import torch
+import yaml
 
 log = logging.getLogger("bench")
 JOEY_VERSION = "2.3.0"
@@ -120,7 +122,7 @@ def run_process(command: list[str], log_path: Path, budget_s: float | None = Non
             stdout=output,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 (no threads here)
         )
         if budget_s is not None:
             _interrupt_after_budget(process, budget_s, start_marker)
@@ -181,19 +183,21 @@ def train_ours(work: Path, name: str, overrides: dict, budget_s: float | None = 
     run = run_process([sys.executable, "-m", "seq2seq", "train", str(config), "--force"], work / f"{name}.log")
     run.name = name
     run_dir = work / "runs" / name
-    speeds = [json.loads(line)["tokens_per_s"] for line in open(run_dir / "progress.jsonl")]
+    records = (run_dir / "progress.jsonl").read_text().splitlines()
+    speeds = [json.loads(line)["tokens_per_s"] for line in records]
     run.tokens_per_s = statistics.median(speeds[1:] or speeds)  # the first interval includes warm-up
     run.updates = json.loads((run_dir / "summary.json").read_text()).get("steps")
     run.extra["checkpoint"] = str(run_dir / "last.pt")
     return run
 
 
-def decode_ours(work: Path, checkpoint: str, src: Path, ref: Path, beam: int, tag: str) -> dict:
+def decode_ours(work: Path, checkpoint: str, src: Path, ref: Path, beam: int, tag: str, precision="fp32") -> dict:
     """Our decoding of src: hypotheses file, seconds and sentences/s (model loading excluded)."""
     output = work / "hyps" / f"{tag}.txt"
     output.parent.mkdir(exist_ok=True)
     command = [sys.executable, "-m", "seq2seq", "evaluate", checkpoint, "--src", str(src), "--ref", str(ref)]
-    command += ["--beam", str(beam), "--alpha", "1.0", "--output", str(output), "--report", str(output) + ".json"]
+    command += ["--beam", str(beam), "--alpha", "1.0", "--precision", precision]
+    command += ["--output", str(output), "--report", str(output) + ".json"]
     run_process(command, work / f"{tag}.log")
     report = json.loads(Path(str(output) + ".json").read_text())
     return {"hypotheses": output, "seconds": report["seconds"], "sentences_per_s": report["sentences_per_s"]}
@@ -228,7 +232,7 @@ def joey_python(work: Path) -> Path:
     venv = work / "joey-venv"
     python = venv / "bin" / "python"
     probe = [str(python), "-c", "import joeynmt, torch; print(joeynmt.__version__, torch.__version__)"]
-    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
         return python
     torch_version = torch.__version__.split("+")[0]
     log.info("Setting up Joey NMT %s with torch %s in %s", JOEY_VERSION, torch_version, venv)
@@ -357,6 +361,7 @@ def train_joey(python: Path, work: Path, config: Path, budget_s: float | None = 
     name = config.stem
     model_dir = work / "runs" / name
     train_log = model_dir / "train.log"
+    shutil.rmtree(model_dir, ignore_errors=True)  # an old train.log would look like a start
 
     def began() -> bool:
         return train_log.exists() and "EPOCH 1" in train_log.read_text(errors="replace")
@@ -375,8 +380,10 @@ def train_joey(python: Path, work: Path, config: Path, budget_s: float | None = 
     return run
 
 
-def decode_joey(python: Path, work: Path, train_config: Path, checkpoint: str, src: Path, beam: int, tag: str) -> dict:
-    """Joey's decoding of src (its `test` mode): hypotheses file and its own timing."""
+def decode_joey(
+    python: Path, work: Path, train_config: Path, checkpoint: str, src: Path, ref: Path, beam: int, tag: str
+) -> dict:
+    """Joey's decoding of src (its `test` mode; the caller scores against `ref`): hypotheses, its own timing."""
     config = yaml.safe_load(train_config.read_text())
     prefix = str(src.with_suffix(""))
     config["data"].pop("dev", None)
@@ -389,8 +396,8 @@ def decode_joey(python: Path, work: Path, train_config: Path, checkpoint: str, s
     command = [str(python), str(ROOT / "scripts" / "bench" / "joey_wrapper.py"), "test", str(path)]
     run_process([*command, "--output-path", str(output)], work / f"{tag}.log")
     text = (work / f"{tag}.log").read_text(errors="replace")
-    seconds = float(re.findall(r"Evaluation result \([^)]*\):.*?([\d.]+)\[sec\]", text)[-1])
-    sentences = sum(1 for _ in open(src, encoding="utf-8"))
+    seconds = float(re.findall(r"Generation took ([\d.]+)\[sec\]", text)[-1])
+    sentences = len(src.read_text(encoding="utf-8").splitlines())
     return {"hypotheses": Path(f"{output}.test"), "seconds": seconds, "sentences_per_s": sentences / seconds}
 
 
@@ -411,6 +418,12 @@ def split_files(work: Path, split: str, limit: int | None) -> tuple[Path, Path]:
         target.write_text("".join(lines), encoding="utf-8")
         cut.append(target)
     return cut[0], cut[1]
+
+
+def mean_words(hypotheses: Path) -> float:
+    """Mean words per hypothesis: degenerate, over-long outputs make decoding slower."""
+    lines = hypotheses.read_text(encoding="utf-8").splitlines()
+    return sum(len(line.split()) for line in lines) / max(len(lines), 1)
 
 
 def bleu_of(hypotheses: Path, references: Path) -> float:
@@ -485,12 +498,10 @@ def main() -> int:
         if name == "joey":
             config = joey_config(work, "joey-budget", spm_model, vocabulary, None, args.quick)
             run = train_joey(python, work, config, budget_s)
-            decode = lambda src, ref, beam, tag: decode_joey(
-                python, work, config, run.extra["checkpoint"], src, beam, tag
-            )  # noqa: E731
+            decode = functools.partial(decode_joey, python, work, config, run.extra["checkpoint"])
         else:
             run = train_ours(work, f"{name}-budget", OURS_VARIANTS[name], budget_s, log_every)
-            decode = lambda src, ref, beam, tag: decode_ours(work, run.extra["checkpoint"], src, ref, beam, tag)  # noqa: E731
+            decode = functools.partial(decode_ours, work, run.extra["checkpoint"])
         dev = decode(dev_src, dev_ref, 1, f"{name}-dev-greedy")
         run.extra["dev_bleu"] = bleu_of(dev["hypotheses"], dev_ref)
         budget[name] = run
@@ -498,7 +509,12 @@ def main() -> int:
         for beam in (1, 5):
             result = decode(test_src, test_ref, beam, f"{name}-test-beam{beam}")
             result["bleu"] = bleu_of(result["hypotheses"], test_ref)
+            result["mean_output_words"] = mean_words(result["hypotheses"])
             decoding[name][beam] = result
+            if name == "ours-fast-fp32":  # decoding in bf16 too, with the same weights
+                result = decode(test_src, test_ref, beam, f"{name}-test-beam{beam}-bf16", precision="bf16")
+                result["bleu"] = bleu_of(result["hypotheses"], test_ref)
+                decoding[name][f"{beam}-bf16"] = result
         log.info(
             "budget %s: %d updates, dev BLEU %.2f; test greedy %.1f sent/s, beam5 %.1f sent/s",
             name,
@@ -566,9 +582,11 @@ def markdown_table(results, fixed, budget, decoding, gflops, peak) -> str:
     lines = [
         f"# seq2seq versus Joey NMT {JOEY_VERSION}, side by side ({results['mode']} run, {results['date']})",
         "",
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, Python {machine['python']}. "
-        f"Matmul peak measured in the same run: fp32 {peak:.0f} GFLOP/s, "
-        f"bf16 {results['matmul_peak_gflops']['bf16']:.0f} GFLOP/s.",
+        (
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+            f"Python {machine['python']}. Matmul peak measured in the same run: fp32 {peak:.0f} GFLOP/s, "
+            f"bf16 {results['matmul_peak_gflops']['bf16']:.0f} GFLOP/s."
+        ),
         f"Command: `{results['command']}`",
         "",
         f"## Training, {results['fixed_updates']['updates']} updates each",
@@ -587,15 +605,29 @@ def markdown_table(results, fixed, budget, decoding, gflops, peak) -> str:
         "",
         f"## Equal wall-clock budget: {results['budget']['minutes']:g} minutes of training each",
         "",
-        "| run | updates | dev BLEU | test BLEU greedy | greedy sent/s | test BLEU beam 5 | beam-5 sent/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        (
+            "| run | updates | dev BLEU | test BLEU greedy | greedy sent/s | test BLEU beam 5 | beam-5 sent/s "
+            "| words per output (greedy / beam 5) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in budget.items():
         greedy, beam = decoding[name][1], decoding[name][5]
         lines.append(
             f"| {name} | {run.updates} | {run.extra['dev_bleu']:.2f} | {greedy['bleu']:.2f} | "
-            f"{greedy['sentences_per_s']:.1f} | {beam['bleu']:.2f} | {beam['sentences_per_s']:.1f} |"
+            f"{greedy['sentences_per_s']:.1f} | {beam['bleu']:.2f} | {beam['sentences_per_s']:.1f} | "
+            f"{greedy['mean_output_words']:.1f} / {beam['mean_output_words']:.1f} |"
         )
+    if "ours-fast-fp32" in decoding:
+        runs = decoding["ours-fast-fp32"]
+        lines += [
+            "",
+            (
+                "Decoding the same ours-fast-fp32 weights under bf16 autocast (`--precision bf16`): "
+                f"greedy {runs['1-bf16']['sentences_per_s']:.1f} sentences/s (BLEU {runs['1-bf16']['bleu']:.2f}), "
+                f"beam 5 {runs['5-bf16']['sentences_per_s']:.1f} sentences/s (BLEU {runs['5-bf16']['bleu']:.2f})."
+            ),
+        ]
     lines += ["", "## Ratios (`ratios` in benchmark.json)", "", "| ratio | value |", "|---|---:|"]
     lines += [f"| {key} | {value} |" for key, value in results["ratios"].items()]
     flops = results["flops_per_target_token"]
