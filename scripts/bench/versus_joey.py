@@ -78,7 +78,9 @@ def machine_facts() -> dict:
                 break
     except OSError:
         pass
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     return {
+        "commit": commit.stdout.strip() or None,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -587,7 +589,7 @@ def markdown_table(results, fixed, budget, decoding, gflops, peak) -> str:
             f"Python {machine['python']}. Matmul peak measured in the same run: fp32 {peak:.0f} GFLOP/s, "
             f"bf16 {results['matmul_peak_gflops']['bf16']:.0f} GFLOP/s."
         ),
-        f"Command: `{results['command']}`",
+        f"Command: `{results['command']}` (commit {str(machine.get('commit'))[:10]})",
         "",
         f"## Training, {results['fixed_updates']['updates']} updates each",
         "",

@@ -1,0 +1,84 @@
+"""The side-by-side benchmark's set-up: the Joey config really is equivalent to ours, the vocabularies
+agree id for id, and the scoring helpers score. (The benchmark itself runs from the command line.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
+
+import versus_joey  # noqa: E402
+
+
+@pytest.fixture
+def quickstart() -> dict:
+    return yaml.safe_load(versus_joey.BASE_CONFIG.read_text())
+
+
+def test_joey_config_matches_ours_setting_for_setting(tmp_path: Path, quickstart: dict):
+    path = versus_joey.joey_config(tmp_path, "joey-x", Path("spm.model"), Path("vocab.txt"), 150, quick=False)
+    joey = yaml.safe_load(path.read_text())
+    model, train = quickstart["model"], quickstart["train"]
+    encoder, decoder, training = joey["model"]["encoder"], joey["model"]["decoder"], joey["training"]
+    assert encoder["rnn_type"] == decoder["rnn_type"] == "gru"
+    assert encoder["bidirectional"] is True and encoder["hidden_size"] == model["encoder_hidden_size"]
+    assert decoder["hidden_size"] == model["decoder_hidden_size"]
+    assert encoder["embeddings"]["embedding_dim"] == decoder["embeddings"]["embedding_dim"] == model["embedding_size"]
+    assert encoder["dropout"] == decoder["dropout"] == decoder["hidden_dropout"] == model["dropout"]
+    assert decoder["attention"] == "bahdanau" and model["attention"]["type"] == "additive"
+    assert decoder["input_feeding"] is True and decoder["init_hidden"] == "bridge"
+    assert training["learning_rate"] == train["lr"] and training["adam_betas"] == train["adam_betas"]
+    assert training["scheduling"] == "warmupinversesquareroot" and train["schedule"]["type"] == "inverse_sqrt"
+    assert training["learning_rate_warmup"] == train["schedule"]["warmup_steps"]
+    assert training["batch_size"] == train["batch_tokens"] and training["batch_type"] == "token"
+    assert training["label_smoothing"] == train["label_smoothing"]
+    assert training["clip_grad_norm"] == train["clip_grad_norm"]
+    assert training["updates"] == 150
+    for side in ("src", "trg"):
+        assert joey["data"][side]["tokenizer_cfg"]["model_file"] == "spm.model"
+        assert joey["data"][side]["voc_file"] == "vocab.txt"
+        assert joey["data"][side]["max_length"] == quickstart["data"]["max_src_length"]
+
+
+def test_our_config_applies_overrides_and_keeps_the_rest(tmp_path: Path, quickstart: dict):
+    path = versus_joey.our_config(tmp_path, "ours-x", {"model.input_feeding": True, "train.max_steps": 7})
+    ours = yaml.safe_load(path.read_text())
+    assert ours["model"]["input_feeding"] is True and ours["train"]["max_steps"] == 7
+    assert ours["train"]["run_dir"] == str(tmp_path / "runs" / "ours-x")
+    assert ours["model"]["attention"] == quickstart["model"]["attention"]
+    assert ours["train"]["lr"] == quickstart["train"]["lr"]
+
+
+def test_joey_vocabulary_lists_the_pieces_in_id_order(tmp_path: Path, tokenizer):
+    import sentencepiece as spm
+
+    tokenizer.save(tmp_path)
+    model = tmp_path / "spm.joint.model"
+    vocabulary = versus_joey.joey_vocabulary(tmp_path, model).read_text(encoding="utf-8").splitlines()
+    processor = spm.SentencePieceProcessor(model_file=str(model))
+    assert len(vocabulary) == processor.get_piece_size()
+    assert vocabulary[:4] == ["<unk>", "<pad>", "<s>", "</s>"]  # Joey's specials land on our ids
+    assert all(processor.piece_to_id(piece) == index for index, piece in enumerate(vocabulary))
+
+
+def test_scoring_helpers(tmp_path: Path):
+    hyps = tmp_path / "hyps.txt"
+    refs = tmp_path / "refs.txt"
+    hyps.write_text("the cat sat on the mat\nhello there\n", encoding="utf-8")
+    refs.write_text("the cat sat on the mat\nhello there\n", encoding="utf-8")
+    assert versus_joey.bleu_of(hyps, refs) == pytest.approx(100.0)
+    assert versus_joey.mean_words(hyps) == 4.0
+    refs.write_text("a dog ran far away\ngood bye\n", encoding="utf-8")
+    assert versus_joey.bleu_of(hyps, refs) < 5.0
+
+
+def test_split_files_cut_to_a_limit(tmp_path: Path):
+    src, ref = versus_joey.split_files(tmp_path, "test", 7)
+    assert len(src.read_text(encoding="utf-8").splitlines()) == 7
+    assert len(ref.read_text(encoding="utf-8").splitlines()) == 7
+    full_src, _ = versus_joey.split_files(tmp_path, "test", None)
+    assert src.read_text(encoding="utf-8").splitlines() == full_src.read_text(encoding="utf-8").splitlines()[:7]
