@@ -11,7 +11,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
 
-import versus_joey  # noqa: E402
+import versus_joey
 
 
 @pytest.fixture
