@@ -159,7 +159,7 @@ def _add_decode_arguments(parser: argparse.ArgumentParser, default_beam: int) ->
         "--precision",
         choices=["fp32", "bf16"],
         default="fp32",
-        help="bf16: autocast matmuls to bfloat16 (faster on CPUs with AVX-512 bf16 and on GPUs)",
+        help="bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, greedy the same)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
