@@ -148,7 +148,9 @@ class GRU(nn.GRU):
                 index = layer * directions + direction
                 out = self._run_direction(layer_input, h0[index], index, direction == 1, keep, lengths)
                 outputs.append(out)
-                finals.append(_final_state(out, lengths, reverse=direction == 1))
+                # Past its end a sentence's state is carried unchanged, so the last position holds the
+                # forward direction's final state; the backward direction ends at position 0.
+                finals.append(out[:, 0] if direction == 1 else out[:, -1])
             layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
         if keep is not None:
             layer_input = layer_input * keep.transpose(0, 1).to(layer_input.dtype)  # zeros past each length
@@ -176,12 +178,3 @@ class GRU(nn.GRU):
         packed_out, final = super().forward(packed, h0)
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.size(1))
         return outputs, final
-
-
-def _final_state(states: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
-    """The state [B, H] after a direction's last real step: position len-1 forward, 0 backward."""
-    if reverse:
-        return states[:, 0]
-    if lengths is None:
-        return states[:, -1]
-    return states[torch.arange(states.size(0), device=states.device), lengths.to(states.device) - 1]

@@ -374,11 +374,9 @@ def train_joey(python: Path, work: Path, config: Path, budget_s: float | None = 
     text = train_log.read_text(errors="replace")
     speeds = [float(s) for s in re.findall(r"Tokens per Sec:\s*([\d.]+)", text)]
     run.tokens_per_s = statistics.median(speeds[1:] or speeds)
-    steps = [int(s) for s in re.findall(r"Step:\s*(\d+)", text)]
-    run.updates = max(steps) if steps else None
     checkpoints = sorted(model_dir.glob("[0-9]*.ckpt"), key=lambda p: int(p.stem))
     run.extra["checkpoint"] = str(checkpoints[-1])
-    run.updates = int(checkpoints[-1].stem)
+    run.updates = int(checkpoints[-1].stem)  # Joey names its checkpoints by update
     return run
 
 
