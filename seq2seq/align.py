@@ -1,4 +1,4 @@
-"""Attention-derived word alignments for given translations (forced decoding)."""
+"""Word alignments from attention: for translations the model produced, and for given ones (forced decoding)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,40 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seq2seq.checkpoint import load_trained
 from seq2seq.data import EncodedCorpus, ParallelDataset, collate, read_parallel_files
-from seq2seq.model import load_trained
-from seq2seq.train import resolve_device
-from seq2seq.translate import pharaoh, word_alignment
+from seq2seq.device import resolve_device
+
+
+def word_spans(pieces: list[str]) -> list[int]:
+    """The word index of each SentencePiece piece (a piece starting with '▁' starts a word)."""
+    spans, word = [], -1
+    for piece in pieces:
+        if piece.startswith("▁") or word < 0:
+            word += 1
+        spans.append(word)
+    return spans
+
+
+def word_alignment(src_pieces: list[str], out_pieces: list[str], weights: torch.Tensor) -> list[tuple[int, int]]:
+    """Hard word alignments (source word i, output word j) in Pharaoh order: each output word to its most attended source word.
+
+    weights: [len(out_pieces), len(src_pieces)] without the EOS row and column. Attention is summed
+    over the pieces of a source word and averaged over the pieces of an output word.
+    """
+    if not src_pieces or not out_pieces:
+        return []
+    src_words, out_words = word_spans(src_pieces), word_spans(out_pieces)
+    n_src, n_out = src_words[-1] + 1, out_words[-1] + 1
+    per_src_word = torch.zeros(len(out_pieces), n_src).index_add_(1, torch.tensor(src_words), weights.float())
+    per_word = torch.zeros(n_out, n_src).index_add_(0, torch.tensor(out_words), per_src_word)
+    best_source = per_word.argmax(dim=1).tolist()
+    return [(i, j) for j, i in enumerate(best_source)]
+
+
+def pharaoh(pairs: list[tuple[int, int]]) -> str:
+    """Alignments as 'i-j i-j ...'."""
+    return " ".join(f"{i}-{j}" for i, j in pairs)
 
 
 @torch.no_grad()
@@ -24,7 +54,8 @@ def force_align(
     pieces as `src_pieces_n` / `tgt_pieces_n`.
     """
     torch_device = resolve_device(device)
-    model, tokenizer, _, _ = load_trained(checkpoint, torch_device)
+    trained = load_trained(checkpoint, torch_device)
+    model, tokenizer = trained.model, trained.tokenizer
     src_lines, tgt_lines = read_parallel_files(Path(src_file), Path(tgt_file), what="input")
     src_ids, tgt_ids = tokenizer.encode_src(src_lines), tokenizer.encode_tgt(tgt_lines)
     dataset = ParallelDataset(EncodedCorpus.from_lists(src_ids, tgt_ids))
@@ -32,7 +63,7 @@ def force_align(
     for start in tqdm(range(0, len(dataset), batch_size), unit="batch", desc="aligning", disable=None):
         indices = list(range(start, min(start + batch_size, len(dataset))))
         batch = collate([dataset[i] for i in indices]).to(torch_device)
-        _, weights = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, S]
+        weights = model.attend(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in)  # [B, T, S]
         for row, n in enumerate(indices):
             src_n, tgt_n = len(src_ids[n]), len(tgt_ids[n])
             sentence = weights[row, : tgt_n + 1, : src_n + 1].float().cpu()

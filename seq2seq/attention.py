@@ -1,4 +1,4 @@
-"""Attention modules behind one interface, selected by name from a registry.
+"""Attention modules behind one interface, each registered by name with its own options.
 
 Every module maps a query `[B, Tq, Hq]` and the encoder states (keys = values, `[B, Ts, Hk]`)
 to a context `[B, Tq, Hk]` and weights `[B, Tq, Ts]`. `mask` `[B, Ts]` is True on real tokens;
@@ -8,12 +8,17 @@ A variant implements `score`; the base class masks, normalises and takes the wei
 Work that depends only on the source (key projections) happens in `precompute`, once per
 sentence, and its result is passed back in as `keys` on every decoder step.
 
-Adding a variant: write one subclass and add one line to `ATTENTION_TYPES`.
+Adding a variant: write one subclass and register it with its options dataclass,
+`@register("name", options=NameOptions)`; `check` tells whether the options fit the model sizes.
+The config (`model.attention: {type: name, option: value}`) is validated against that dataclass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -21,13 +26,39 @@ from torch import Tensor, nn
 from seq2seq.errors import UserError
 
 
+@dataclass
+class NoOptions:
+    """A variant without options of its own."""
+
+
+ATTENTION_TYPES: dict[str, type[Attention]] = {}
+
+
+def register(name: str, options: type = NoOptions) -> Callable[[type[Attention]], type[Attention]]:
+    """Class decorator: make an attention variant available as `model.attention.type: name`."""
+
+    def add(cls: type[Attention]) -> type[Attention]:
+        cls.name, cls.options_type = name, options
+        ATTENTION_TYPES[name] = cls
+        return cls
+
+    return add
+
+
 class Attention(nn.Module):
     """Base class: masked softmax over `score(query, keys)` and a weighted sum of values."""
 
-    def __init__(self, query_size: int, key_size: int, **options):
+    name: ClassVar[str] = ""
+    options_type: ClassVar[type] = NoOptions
+
+    def __init__(self, query_size: int, key_size: int, options: Any = None):
         super().__init__()
         self.query_size = query_size
         self.key_size = key_size
+
+    @classmethod
+    def check(cls, options: Any, query_size: int, key_size: int) -> None:
+        """Raise a UserError if `options` do not fit a decoder state of `query_size` and keys of `key_size`."""
 
     def precompute(self, keys: Tensor) -> Tensor:
         """Source-only work, done once per sentence. keys: [B, Ts, Hk] -> [B, Ts, *]."""
@@ -49,6 +80,7 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
 
 
+@register("none")
 class NoAttention(Attention):
     """No attention: the context is the same fixed summary (mean of encoder states) at every step.
 
@@ -60,24 +92,35 @@ class NoAttention(Attention):
         return query.new_zeros(query.size(0), query.size(1), keys.size(1))
 
 
+@register("dot")
 class DotAttention(Attention):
     """Luong dot: score = q . k (needs query and key of the same size)."""
+
+    @classmethod
+    def check(cls, options: Any, query_size: int, key_size: int) -> None:
+        _check_same_size(cls.name, query_size, key_size)
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
         return torch.bmm(query, keys.transpose(1, 2))
 
 
+@register("scaled_dot")
 class ScaledDotAttention(Attention):
     """Scaled dot product (Vaswani et al.): score = q . k / sqrt(H)."""
+
+    @classmethod
+    def check(cls, options: Any, query_size: int, key_size: int) -> None:
+        _check_same_size(cls.name, query_size, key_size)
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
         return torch.bmm(query, keys.transpose(1, 2)) / math.sqrt(self.key_size)
 
 
+@register("general")
 class GeneralAttention(Attention):
     """Luong general (bilinear): score = q . (W k); W k is precomputed."""
 
-    def __init__(self, query_size: int, key_size: int, **options):
+    def __init__(self, query_size: int, key_size: int, options: Any = None):
         super().__init__(query_size, key_size)
         self.key_layer = nn.Linear(key_size, query_size, bias=False)
 
@@ -88,10 +131,11 @@ class GeneralAttention(Attention):
         return torch.bmm(query, keys.transpose(1, 2))
 
 
+@register("additive")
 class AdditiveAttention(Attention):
     """Bahdanau additive (concat/MLP): score = v . tanh(W q + U k); U k is precomputed."""
 
-    def __init__(self, query_size: int, key_size: int, **options):
+    def __init__(self, query_size: int, key_size: int, options: Any = None):
         super().__init__(query_size, key_size)
         self.key_layer = nn.Linear(key_size, query_size, bias=False)
         self.query_layer = nn.Linear(query_size, query_size, bias=False)
@@ -148,13 +192,28 @@ class AdditiveScores(torch.autograd.Function):
         return grad_query, grad_keys, grad_v
 
 
+@dataclass
+class LocationOptions:
+    """Options of `location` attention."""
+
+    max_source_length: int = 128  # source positions it can score; later positions get no attention
+
+
+@register("location", options=LocationOptions)
 class LocationAttention(Attention):
     """Luong location-based: score = W q, one learned score per source position (from the query alone)."""
 
-    def __init__(self, query_size: int, key_size: int, max_source_length: int = 128, **options):
+    def __init__(self, query_size: int, key_size: int, options: LocationOptions):
         super().__init__(query_size, key_size)
-        self.max_source_length = max_source_length
-        self.position_layer = nn.Linear(query_size, max_source_length)
+        self.max_source_length = options.max_source_length
+        self.position_layer = nn.Linear(query_size, options.max_source_length)
+
+    @classmethod
+    def check(cls, options: LocationOptions, query_size: int, key_size: int) -> None:
+        if options.max_source_length < 1:
+            raise UserError(
+                f"config key 'model.attention.max_source_length' must be greater than 0, got {options.max_source_length}"
+            )
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
         source_length = keys.size(1)
@@ -165,6 +224,14 @@ class LocationAttention(Attention):
         return scores
 
 
+@dataclass
+class MultiHeadOptions:
+    """Options of `multihead` attention."""
+
+    heads: int = 4  # must divide the encoder state size (2 x model.encoder_hidden_size)
+
+
+@register("multihead", options=MultiHeadOptions)
 class MultiHeadAttention(Attention):
     """Scaled dot-product attention in several heads over projected GRU states.
 
@@ -172,16 +239,25 @@ class MultiHeadAttention(Attention):
     back to the key size. The returned weights are the heads' average (for display and alignment).
     """
 
-    def __init__(self, query_size: int, key_size: int, heads: int = 4, **options):
+    def __init__(self, query_size: int, key_size: int, options: MultiHeadOptions):
         super().__init__(query_size, key_size)
-        if key_size % heads:
-            raise ValueError(f"multihead attention needs the key size ({key_size}) divisible by heads ({heads})")
-        self.heads = heads
-        self.head_size = key_size // heads
+        self.check(options, query_size, key_size)
+        self.heads = options.heads
+        self.head_size = key_size // options.heads
         self.query_layer = nn.Linear(query_size, key_size, bias=False)
         self.key_layer = nn.Linear(key_size, key_size, bias=False)
         self.value_layer = nn.Linear(key_size, key_size, bias=False)
         self.output_layer = nn.Linear(key_size, key_size, bias=False)
+
+    @classmethod
+    def check(cls, options: MultiHeadOptions, query_size: int, key_size: int) -> None:
+        if options.heads < 1:
+            raise UserError(f"config key 'model.attention.heads' must be greater than 0, got {options.heads}")
+        if key_size % options.heads:
+            raise UserError(
+                f"'multihead' attention needs 2 x model.encoder_hidden_size ({key_size}) divisible by "
+                f"model.attention.heads ({options.heads})"
+            )
 
     def _split(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape  # [B, T, Hk] -> [B * heads, T, head_size]
@@ -207,47 +283,15 @@ class MultiHeadAttention(Attention):
         return context, mean_weights
 
 
-ATTENTION_TYPES: dict[str, type[Attention]] = {
-    "none": NoAttention,
-    "dot": DotAttention,
-    "scaled_dot": ScaledDotAttention,
-    "general": GeneralAttention,
-    "additive": AdditiveAttention,
-    "location": LocationAttention,
-    "multihead": MultiHeadAttention,
-}
-
-# Variants whose score compares query and key directly, so both must have the same size.
-SAME_SIZE_TYPES = {"dot", "scaled_dot"}
-
-
-def check_attention_config(model_config) -> None:
-    """Raise a UserError if the attention type or its options do not fit the model sizes."""
-    attention = model_config.attention
-    if attention.type not in ATTENTION_TYPES:
+def _check_same_size(name: str, query_size: int, key_size: int) -> None:
+    if query_size != key_size:
         raise UserError(
-            f"config key 'model.attention.type' must be one of {', '.join(ATTENTION_TYPES)}, got {attention.type!r}"
-        )
-    key_size = 2 * model_config.encoder_hidden_size
-    if attention.type in SAME_SIZE_TYPES and model_config.decoder_hidden_size != key_size:
-        raise UserError(
-            f"'{attention.type}' attention compares decoder and encoder states directly: set "
-            f"model.decoder_hidden_size ({model_config.decoder_hidden_size}) to 2 x model.encoder_hidden_size "
+            f"'{name}' attention compares decoder and encoder states directly: set "
+            f"model.decoder_hidden_size ({query_size}) to 2 x model.encoder_hidden_size "
             f"({key_size}), or use 'general' or 'additive'"
         )
-    if attention.type == "multihead" and key_size % attention.heads:
-        raise UserError(
-            f"'multihead' attention needs 2 x model.encoder_hidden_size ({key_size}) divisible by "
-            f"model.attention.heads ({attention.heads})"
-        )
 
 
-def build_attention(attention_config, query_size: int, key_size: int) -> Attention:
-    """Instantiate the configured attention variant."""
-    cls = ATTENTION_TYPES[attention_config.type]
-    return cls(
-        query_size,
-        key_size,
-        heads=attention_config.heads,
-        max_source_length=attention_config.max_source_length,
-    )
+def build_attention(type_name: str, options: Any, query_size: int, key_size: int) -> Attention:
+    """Instantiate the registered variant `type_name` with its options."""
+    return ATTENTION_TYPES[type_name](query_size, key_size, options)

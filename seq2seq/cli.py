@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -43,24 +45,20 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
-def _decode_options(args: argparse.Namespace):
-    from seq2seq.evaluate import DecodeOptions
+DECODE_FLAGS = ("beam", "alpha", "max_output_ratio", "batch_tokens", "max_src_length", "precision")
 
-    return DecodeOptions(
-        beam_size=args.beam,
-        alpha=args.alpha,
-        max_output_ratio=args.max_output_ratio,
-        batch_tokens=args.batch_tokens,
-        max_src_length=args.max_src_length,
-        precision=args.precision,
-    )
+
+def _decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options given on the command line (the rest come from the checkpoint's decode section)."""
+    names = DECODE_FLAGS + (("n_best",) if hasattr(args, "n_best") else ())
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from seq2seq.evaluate import evaluate
 
     report = evaluate(
-        args.checkpoint, args.split, args.src, args.ref, _decode_options(args), args.output, args.report, args.device
+        args.checkpoint, args.split, args.src, args.ref, _decode_overrides(args), args.output, args.report, args.device
     )
     print(report["bleu_text"])
     print(f"  signature: {report['bleu_signature']}")
@@ -74,11 +72,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _translate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from seq2seq.translate import Translator, interactive, translate_batch
 
-    translator = Translator(args.checkpoint, _decode_options(args), args.device, n_best=args.n_best)
+    translator = Translator(args.checkpoint, _decode_overrides(args), args.device)
     if args.input is None and sys.stdin.isatty():
         png_dir = Path(args.attention_png) if args.attention_png else None
         interactive(translator, show_attention=not args.no_attention, attention_png=png_dir)
@@ -100,21 +96,20 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def _average(args: argparse.Namespace) -> int:
-    from seq2seq.evaluate import average_checkpoints, last_checkpoints
+    from seq2seq.checkpoint import average_checkpoints
+    from seq2seq.rundir import RunDir
 
     paths = list(args.checkpoints)
     if args.last:
         if len(paths) != 1:
             raise UserError("with --last N, give one run directory")
-        paths = last_checkpoints(paths[0], args.last)
+        paths = [str(p) for p in RunDir(paths[0]).newest_step_checkpoints(args.last)]
     result = average_checkpoints(paths, args.output)
     print(f"averaged {result['averaged']} checkpoints into {result['output']}")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from seq2seq.compare import compare
     from seq2seq.config import load_config
 
@@ -140,36 +135,41 @@ def _info(args: argparse.Namespace) -> int:
     from seq2seq.checkpoint import load_checkpoint
 
     payload = load_checkpoint(args.checkpoint)
-    shown = {key: payload.get(key) for key in ("format_version", "step", "best_bleu", "run", "config")}
-    print(json.dumps(shown, indent=2))
+    keys = ("format_version", "migrated_from", "contents", "step", "best_bleu", "run", "config")
+    print(json.dumps({key: payload.get(key) for key in keys if key in payload}, indent=2))
     return 0
 
 
-def _add_decode_arguments(parser: argparse.ArgumentParser, default_beam: int) -> None:
+def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """Decoding flags; each defaults to the checkpoint's `decode` section (whose defaults are DecodeConfig's)."""
+    from seq2seq.config import DecodeConfig
+
+    default = DecodeConfig()
+    parser.add_argument("--beam", type=int, help=f"beam size, 1 = greedy (default {default.beam})")
+    parser.add_argument("--alpha", type=float, help=f"GNMT length penalty exponent (default {default.alpha}, 0 = none)")
     parser.add_argument(
-        "--beam", type=int, default=default_beam, help=f"beam size, 1 = greedy (default {default_beam})"
+        "--max-output-ratio",
+        type=float,
+        help=f"output length limit x source length + 5 (default {default.max_output_ratio})",
     )
-    parser.add_argument("--alpha", type=float, default=1.0, help="GNMT length penalty exponent (default 1.0, 0 = none)")
-    parser.add_argument("--max-output-ratio", type=float, default=1.5, help="output length limit x source length + 5")
-    parser.add_argument("--batch-tokens", type=int, default=4000, help="source tokens per decoding batch")
     parser.add_argument(
-        "--max-src-length", type=int, default=250, help="longer inputs are truncated (pieces), with a warning"
+        "--batch-tokens", type=int, help=f"source tokens per decoding batch (default {default.batch_tokens})"
+    )
+    parser.add_argument(
+        "--max-src-length",
+        type=int,
+        help=f"longer inputs are truncated (pieces), with a warning (default {default.max_src_length})",
     )
     parser.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, greedy the same)",
+        help="bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, greedy "
+        f"the same; default {default.precision})",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for all subcommands."""
-    parser = argparse.ArgumentParser(prog="seq2seq", description="GRU encoder-decoder NMT with pluggable attention")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(commands: Any) -> None:
     train = commands.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
     train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value (repeatable)")
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="overwrite or resume a run directory whatever it holds")
     train.set_defaults(func=_train)
 
+
+def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a checkpoint on a test set")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument(
@@ -186,26 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ref", help="reference file (with --src)")
     evaluate.add_argument("--output", help="hypotheses file (default: beside the checkpoint)")
     evaluate.add_argument("--report", help="JSON report (default: the hypotheses file with .json)")
-    _add_decode_arguments(evaluate, default_beam=5)
+    _add_decode_arguments(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_translate(commands: Any) -> None:
     translate = commands.add_parser("translate", help="translate interactively, or a file / stdin in batch")
     translate.add_argument("checkpoint")
     translate.add_argument("--input", "-i", help="file to translate (default: stdin; a terminal gives the prompt)")
     translate.add_argument("--output", "-o", help="where to write translations (default: stdout)")
-    translate.add_argument("--n-best", type=int, default=1, help="show the N best translations with scores")
+    translate.add_argument("--n-best", type=int, help="show the N best translations with scores (default 1)")
     translate.add_argument("--alignment", help="write word alignments (Pharaoh i-j, from attention) to this file")
     translate.add_argument("--attention-png", metavar="DIR", help="interactive: save each attention heatmap as a PNG")
     translate.add_argument("--no-attention", action="store_true", help="interactive: do not print the heatmap")
-    _add_decode_arguments(translate, default_beam=5)
+    _add_decode_arguments(translate)
     translate.set_defaults(func=_translate)
 
+
+def _add_average(commands: Any) -> None:
     average = commands.add_parser("average", help="average the weights of several checkpoints of one run")
     average.add_argument("checkpoints", nargs="+", help="checkpoint files, or one run directory with --last")
     average.add_argument("--last", type=int, help="average the N newest step-*.pt of the run directory")
     average.add_argument("--output", "-o", required=True, help="the averaged checkpoint to write")
     average.set_defaults(func=_average)
 
+
+def _add_compare(commands: Any) -> None:
     compare = commands.add_parser("compare", help="train and compare attention variants, everything else equal")
     compare.add_argument("config", help="base YAML config, e.g. configs/attention-compare.yaml")
     compare.add_argument("--attention", default="none,dot,general,additive", help="comma-separated variants")
@@ -217,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--force", action="store_true", help="overwrite earlier runs in the report directory")
     compare.set_defaults(func=_compare)
 
+
+def _add_align(commands: Any) -> None:
     align = commands.add_parser("align", help="word alignments from attention for given translations")
     align.add_argument("checkpoint")
     align.add_argument("--src", required=True, help="source sentences")
@@ -225,9 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     align.set_defaults(func=_align)
 
+
+def _add_info(commands: Any) -> None:
     info = commands.add_parser("info", help="show what a checkpoint records (versions, command, config, data)")
     info.add_argument("checkpoint")
     info.set_defaults(func=_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for all subcommands."""
+    parser = argparse.ArgumentParser(prog="seq2seq", description="GRU encoder-decoder NMT with pluggable attention")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_translate, _add_average, _add_compare, _add_align, _add_info):
+        add(commands)
     return parser
 
 

@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seq2seq.attention import ATTENTION_TYPES
-from seq2seq.config import Config, config_from_dict, config_to_dict, parse_duration
+from seq2seq.checkpoint import load_trained
+from seq2seq.config import Config, config_from_dict, config_to_dict, decode_with, parse_duration
 from seq2seq.data import read_parallel
+from seq2seq.device import resolve_device
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
-from seq2seq.model import count_parameters, load_trained
-from seq2seq.plots import plot_attention, plot_bleu_by_length, read_jsonl
+from seq2seq.model import count_parameters
+from seq2seq.plots import plot_attention, plot_bleu_by_length
+from seq2seq.rundir import RunDir, read_records
 from seq2seq.search import attention_view, decode_lines
-from seq2seq.train import resolve_device, train
+from seq2seq.train import train
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def variant_configs(base: Config, variants: list[str], budget: str, output: Path
     configs = {}
     for variant in variants:
         data = config_to_dict(base)
-        data["model"]["attention"]["type"] = variant
+        data["model"]["attention"] = {"type": variant}  # that variant's own options at their defaults
         data["train"].update(
             limits, max_epochs=None, early_stopping_patience=None, run_dir=str(output / "runs" / variant)
         )
@@ -104,9 +107,9 @@ def heatmap_sentences(sources: list[str], count: int) -> list[int]:
     return candidates[::step][:count]
 
 
-def median_tokens_per_second(run_dir: Path) -> float:
+def median_tokens_per_second(run_dir: RunDir) -> float:
     """The median training speed over the run's logged intervals."""
-    speeds = [p["tokens_per_s"] for p in read_jsonl(run_dir / "progress.jsonl")]
+    speeds = [p["tokens_per_s"] for p in read_records(run_dir.progress)]
     return statistics.median(speeds) if speeds else 0.0
 
 
@@ -121,21 +124,16 @@ def evaluate_variant(
 ) -> VariantResult:
     """Test-set scores, speeds and heatmaps of one trained variant."""
     device = resolve_device(config.train.device, "train.device")
-    model, tokenizer, _, _ = load_trained(Path(config.train.run_dir) / "best.pt", device)
+    run_dir = RunDir(config.train.run_dir)
+    trained = load_trained(run_dir.best, device)
+    tokenizer = trained.tokenizer
+    options = decode_with(config.decode, {"beam": beam, "batch_tokens": config.train.batch_tokens})
     sources, references = test
     started = time.perf_counter()
-    found = decode_lines(
-        model,
-        tokenizer,
-        sources,
-        device,
-        batch_tokens=config.train.batch_tokens,
-        max_output_ratio=config.train.max_output_ratio,
-        beam_size=beam,
-    )
+    found = decode_lines(trained.model, tokenizer, sources, device, options)
     seconds = time.perf_counter() - started
     texts = [tokenizer.decode_tgt(best[0].ids) for best in found]
-    (Path(config.train.run_dir) / "test.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    (heatmap_dir.parent / f"test.{variant}.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     for number, index in enumerate(heatmap_indices, start=1):
         hypothesis = found[index][0]
         plot_attention(
@@ -145,12 +143,12 @@ def evaluate_variant(
         )
     return VariantResult(
         variant=variant,
-        parameters=count_parameters(model),
+        parameters=count_parameters(trained.model),
         steps=summary["steps"],
         dev_bleu=summary["best_dev_bleu"],
         test_bleu=round(bleu(texts, references).value, 2),
         test_chrf=round(chrf(texts, references).value, 2),
-        train_tokens_per_s=round(median_tokens_per_second(Path(config.train.run_dir))),
+        train_tokens_per_s=round(median_tokens_per_second(run_dir)),
         decode_sentences_per_s=round(len(sources) / seconds, 1),
         bleu_by_length=bleu_by_length(sources, texts, references),
     )

@@ -1,13 +1,17 @@
 """Typed configuration: dataclasses with defaults, loaded from YAML and validated.
 
-Every default lives here and nowhere else. Unknown keys, wrong types and impossible values raise
-`ConfigError` with the key's dotted path and what is allowed.
+Every default lives here and nowhere else, except each attention variant's options, which live
+with the variant in seq2seq/attention.py and are validated here against the chosen variant.
+Unknown keys, wrong types and impossible values raise `ConfigError` with the key's dotted path
+and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 import re
 import types
 import typing
@@ -17,7 +21,10 @@ from typing import Any, Literal
 
 import yaml
 
+from seq2seq.attention import ATTENTION_TYPES
 from seq2seq.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -53,11 +60,13 @@ class TokenizerConfig:
 
 @dataclass
 class AttentionConfig:
-    """Which attention module to use (see seq2seq.attention.ATTENTION_TYPES)."""
+    """Which attention variant to use (a name in seq2seq.attention.ATTENTION_TYPES) and its own options.
+
+    In YAML the options sit beside the type: `attention: {type: multihead, heads: 4}`.
+    """
 
     type: str = "additive"
-    heads: int = 4  # multihead only
-    max_source_length: int = 128  # location only: the longest source it can attend over
+    options: Any = field(default_factory=lambda: ATTENTION_TYPES["additive"].options_type())
 
 
 @dataclass
@@ -112,7 +121,19 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # validations without a better dev BLEU
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt and last.pt
     log_every: int = 50  # steps between log lines
-    max_output_ratio: float = 1.5  # decoding stops after this x source length (+5) pieces
+
+
+@dataclass
+class DecodeConfig:
+    """How to decode: validation (greedy), `evaluate`, `translate` and the Python API read these defaults."""
+
+    beam: int = 5  # beam size; 1: greedy search
+    alpha: float = 1.0  # GNMT length penalty ((5 + length) / 6) ** alpha; 0: none
+    max_output_ratio: float = 1.5  # outputs stop at this x source length + 5 pieces
+    batch_tokens: int = 4000  # padded source tokens per decoding batch (divided by the beam size)
+    max_src_length: int | None = 250  # longer inputs are truncated, with a warning (null: never)
+    n_best: int = 1  # hypotheses returned per sentence (the beam is at least this wide)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls to bfloat16
 
 
 @dataclass
@@ -124,11 +145,15 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
 # --- building dataclasses from plain dicts, with checks -------------------------------------
 
 UNION_TYPES = (typing.Union, types.UnionType)  # Optional[int] and int | None
+
+# Keys that moved: old dotted path -> new one. A config using the old one still loads, with a warning.
+MOVED_KEYS = {"train.max_output_ratio": "decode.max_output_ratio"}
 
 
 def _type_name(tp: Any) -> str:
@@ -148,10 +173,12 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against the annotation `tp`, converting where YAML is loose (int -> float)."""
     origin = typing.get_origin(tp)
+    if tp is AttentionConfig:
+        return _build_attention(value, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
-        return _build(tp, value, path)
+        return _build(tp, value, path)  # type: ignore[arg-type]
     if origin in UNION_TYPES:
         if value is None and type(None) in typing.get_args(tp):
             return None
@@ -169,16 +196,26 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
         return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML reads "1e-3" (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, float, str, bool) and (type(value) is not tp):
+    if tp is float:
+        return _convert_float(value, path)
+    if tp in (int, str, bool) and (type(value) is not tp):
         raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _convert_float(value: Any, path: str) -> float:
+    """A finite number; YAML reads "1e-3" (no dot) as a string and 3 as an int."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"config key '{path}' must be a finite number, got {value!r}")
+    return float(number)
 
 
 def _build(cls: type, data: dict, path: str = "") -> Any:
@@ -189,12 +226,45 @@ def _build(cls: type, data: dict, path: str = "") -> Any:
     for key, value in data.items():
         full = f"{path}.{key}" if path else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
-            hint = f" (did you mean '{path + '.' if path else ''}{close[0]}'?)" if close else ""
-            valid = ", ".join(names)
-            raise ConfigError(f"unknown config key '{full}'{hint}; valid keys here: {valid}")
+            raise ConfigError(_unknown_key_message(full, str(key), names, path))
         values[key] = _convert(value, hints[key], full)
     return cls(**values)
+
+
+def _unknown_key_message(full: str, key: str, names: list[str], path: str, valid: list[str] | None = None) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    hint = f" (did you mean '{path + '.' if path else ''}{close[0]}'?)" if close else ""
+    return f"unknown config key '{full}'{hint}; valid keys here: {', '.join(valid or names)}"
+
+
+def _build_attention(value: Any, path: str) -> AttentionConfig:
+    """`{type: name, option: value, ...}`: the type, then the options that variant declares."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
+    name = value.get("type", AttentionConfig.type)
+    if name not in ATTENTION_TYPES:
+        raise ConfigError(f"config key '{path}.type' must be one of {', '.join(ATTENTION_TYPES)}, got {name!r}")
+    options_type = ATTENTION_TYPES[name].options_type
+    names = [f.name for f in dataclasses.fields(options_type)]
+    for key in value:
+        if key != "type" and key not in names:
+            owners = [n for n, cls in ATTENTION_TYPES.items() if key in _field_names(cls.options_type)]
+            if owners:
+                raise ConfigError(
+                    f"config key '{path}.{key}' is an option of {' and '.join(owners)} attention, not of '{name}': "
+                    f"remove it{_valid_options(name, names)}"
+                )
+            raise ConfigError(_unknown_key_message(f"{path}.{key}", str(key), ["type", *names], path))
+    options = _build(options_type, {k: v for k, v in value.items() if k != "type"}, path)
+    return AttentionConfig(type=name, options=options)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _valid_options(name: str, names: list[str]) -> str:
+    return f" ('{name}' takes {', '.join(names)})" if names else f" ('{name}' takes no options)"
 
 
 def parse_duration(text: str, key: str = "train.max_time") -> float:
@@ -206,92 +276,167 @@ def parse_duration(text: str, key: str = "train.max_time") -> float:
     return number * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
-def _validate(config: Config) -> None:
-    """Reject values that are well-typed but impossible."""
-    positive = {
-        "tokenizer.vocab_size": config.tokenizer.vocab_size,
-        "model.embedding_size": config.model.embedding_size,
-        "model.encoder_hidden_size": config.model.encoder_hidden_size,
-        "model.decoder_hidden_size": config.model.decoder_hidden_size,
-        "model.encoder_layers": config.model.encoder_layers,
-        "model.decoder_layers": config.model.decoder_layers,
-        "model.attention.heads": config.model.attention.heads,
-        "model.attention.max_source_length": config.model.attention.max_source_length,
-        "data.max_src_length": config.data.max_src_length,
-        "data.max_tgt_length": config.data.max_tgt_length,
-        "train.batch_tokens": config.train.batch_tokens,
-        "train.accumulate_batches": config.train.accumulate_batches,
-        "train.validate_every": config.train.validate_every,
-        "train.log_every": config.train.log_every,
-        "train.lr": config.train.lr,
-        "train.max_output_ratio": config.train.max_output_ratio,
-        "tokenizer.input_sentence_size": config.tokenizer.input_sentence_size,
-    }
-    optional_positive = {
-        "train.max_steps": config.train.max_steps,
-        "train.max_epochs": config.train.max_epochs,
-        "train.early_stopping_patience": config.train.early_stopping_patience,
-        "train.clip_grad_norm": config.train.clip_grad_norm,
-        "train.validate_max_sentences": config.train.validate_max_sentences,
-    }
-    for key, value in {**positive, **{k: v for k, v in optional_positive.items() if v is not None}}.items():
-        if value <= 0:
+# --- value rules: each dotted key with what it must be --------------------------------------------
+
+POSITIVE = (
+    "tokenizer.vocab_size",
+    "tokenizer.input_sentence_size",
+    "model.embedding_size",
+    "model.encoder_hidden_size",
+    "model.decoder_hidden_size",
+    "model.encoder_layers",
+    "model.decoder_layers",
+    "data.max_src_length",
+    "data.max_tgt_length",
+    "train.batch_tokens",
+    "train.accumulate_batches",
+    "train.validate_every",
+    "train.log_every",
+    "train.lr",
+    # null allowed:
+    "train.max_steps",
+    "train.max_epochs",
+    "train.early_stopping_patience",
+    "train.clip_grad_norm",
+    "train.validate_max_sentences",
+)
+NON_NEGATIVE = (
+    "train.keep_checkpoints",
+    "train.threads",
+    "train.weight_decay",
+    "train.schedule.warmup_steps",
+    "train.schedule.patience",
+    "train.schedule.min_lr",
+    "data.num_workers",
+    "data.prepare_workers",
+)
+FRACTIONS = ("model.dropout", "train.label_smoothing", "train.schedule.decay_factor")  # in [0, 1)
+
+
+def _value(config: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
+
+
+def _check_ranges(config: Config) -> None:
+    """Numbers that must be positive, non-negative or a fraction."""
+    for key in POSITIVE:
+        value = _value(config, key)
+        if value is not None and value <= 0:
             raise ConfigError(f"config key '{key}' must be greater than 0, got {value!r}")
-    non_negative = {
-        "train.keep_checkpoints": config.train.keep_checkpoints,
-        "train.threads": config.train.threads,
-        "train.weight_decay": config.train.weight_decay,
-        "train.schedule.warmup_steps": config.train.schedule.warmup_steps,
-        "train.schedule.patience": config.train.schedule.patience,
-        "train.schedule.min_lr": config.train.schedule.min_lr,
-        "data.num_workers": config.data.num_workers,
-        "data.prepare_workers": config.data.prepare_workers,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"config key '{key}' must be 0 or more, got {value!r}")
-    for key, value in {
-        "model.dropout": config.model.dropout,
-        "train.label_smoothing": config.train.label_smoothing,
-        "train.schedule.decay_factor": config.train.schedule.decay_factor,
-    }.items():
-        if not 0 <= value < 1:
-            raise ConfigError(f"config key '{key}' must be in [0, 1), got {value!r}")
+    for key in NON_NEGATIVE:
+        if _value(config, key) < 0:
+            raise ConfigError(f"config key '{key}' must be 0 or more, got {_value(config, key)!r}")
+    for key in FRACTIONS:
+        if not 0 <= _value(config, key) < 1:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {_value(config, key)!r}")
     if not 0 < config.tokenizer.character_coverage <= 1:
         raise ConfigError("config key 'tokenizer.character_coverage' must be in (0, 1]")
     if config.tokenizer.vocab_size < 8:
         raise ConfigError("config key 'tokenizer.vocab_size' must be at least 8 (4 special pieces + text)")
-    if config.train.max_time is not None:
-        parse_duration(config.train.max_time)
-    if config.train.schedule.type == "linear" and config.train.max_steps is None:
+
+
+def _check_consistency(config: Config) -> None:
+    """Settings that only make sense together."""
+    train = config.train
+    if train.max_time is not None:
+        parse_duration(train.max_time)
+    if train.schedule.type == "linear" and train.max_steps is None:
         raise ConfigError("config key 'train.schedule.type: linear' decays to train.max_steps: set train.max_steps")
-    if config.train.max_steps is None and config.train.max_epochs is None and config.train.max_time is None:
+    if train.max_steps is None and train.max_epochs is None and train.max_time is None:
         raise ConfigError("the run has no end: set train.max_steps, train.max_epochs or train.max_time")
     if config.data.src_lang == config.data.tgt_lang:
         raise ConfigError("config keys 'data.src_lang' and 'data.tgt_lang' must differ (they name the files)")
-    if config.train.early_stopping_patience is not None and not config.data.dev:
+    if train.early_stopping_patience is not None and not config.data.dev:
         raise ConfigError("config key 'train.early_stopping_patience' needs a dev set: set 'data.dev'")
-    if config.train.schedule.type == "plateau" and not config.data.dev:
+    if train.schedule.type == "plateau" and not config.data.dev:
         raise ConfigError("config key 'train.schedule.type: plateau' needs a dev set: set 'data.dev'")
-    if config.model.tie_embeddings and config.model.embedding_size != config.model.decoder_hidden_size:
+    model = config.model
+    if model.tie_embeddings and model.embedding_size != model.decoder_hidden_size:
         raise ConfigError(
             "config key 'model.tie_embeddings' needs model.embedding_size == model.decoder_hidden_size "
-            f"(got {config.model.embedding_size} and {config.model.decoder_hidden_size})"
+            f"(got {model.embedding_size} and {model.decoder_hidden_size})"
         )
-    # Attention options are checked where the modules are built, against the registry.
-    from seq2seq.attention import check_attention_config
-
-    check_attention_config(config.model)
+    attention = ATTENTION_TYPES[model.attention.type]
+    attention.check(model.attention.options, model.decoder_hidden_size, 2 * model.encoder_hidden_size)
 
 
-def config_from_dict(data: dict) -> Config:
+def config_key(field_name: str) -> str:
+    """How messages name a decoding option read from a config."""
+    return f"config key 'decode.{field_name}'"
+
+
+def option_name(field_name: str) -> str:
+    """How messages name a decoding option given to a command or the Python API."""
+    return f"decoding option {field_name} (--{field_name.replace('_', '-')})"
+
+
+def check_decode(decode: DecodeConfig, name: typing.Callable[[str], str] = config_key) -> None:
+    """Reject impossible decoding options; `name` says how to call a field in the message."""
+    for field_name in ("beam", "max_output_ratio", "batch_tokens", "n_best"):
+        value = getattr(decode, field_name)
+        if value <= 0:
+            raise ConfigError(f"{name(field_name)} must be greater than 0, got {value!r}")
+    if decode.alpha < 0:
+        raise ConfigError(f"{name('alpha')} must be 0 or more, got {decode.alpha!r}")
+    if decode.max_src_length is not None and decode.max_src_length < 2:
+        raise ConfigError(
+            f"{name('max_src_length')} must be at least 2 (a piece and the end), got {decode.max_src_length!r}"
+        )
+    if decode.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"{name('precision')} must be 'fp32' or 'bf16', got {decode.precision!r}")
+
+
+def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | None) -> DecodeConfig:
+    """`base` (a checkpoint's decode section, say) with `overrides` applied (None values are ignored), checked."""
+    name = option_name
+    overrides = overrides or {}
+    hints = typing.get_type_hints(DecodeConfig)
+    values = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), list(hints), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown decoding option '{key}'{hint}; valid options: {', '.join(hints)}")
+        try:
+            values[key] = _convert(value, hints[key], key)
+        except ConfigError:
+            raise ConfigError(f"{name(key)} must be {_type_name(hints[key])}, got {value!r}") from None
+    decode = dataclasses.replace(base, **values)
+    check_decode(decode, name)
+    return decode
+
+
+def migrate_keys(data: dict, where: str = "config") -> dict:
+    """A copy of a plain config dict with every moved key at its new place (a warning for each)."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for old, new in MOVED_KEYS.items():
+        old_section, old_key = old.split(".")
+        section = data.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            new_section, new_key = new.split(".")
+            target = data.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, section.pop(old_key))
+                log.warning("%s: config key '%s' is now '%s'; please rename it", where, old, new)
+    return data
+
+
+def config_from_dict(data: dict | None, where: str = "config") -> Config:
     """Build and validate a Config from a plain (YAML-loaded) dict."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"a config must be a mapping of sections (data, tokenizer, model, train), got {data!r}")
-    config = _build(Config, data)
-    _validate(config)
+        raise ConfigError(
+            f"a config must be a mapping of sections (data, tokenizer, model, train, decode), got {data!r}"
+        )
+    config = _build(Config, migrate_keys(data, where))
+    _check_ranges(config)
+    _check_consistency(config)
+    check_decode(config.decode)
     return config
 
 
@@ -329,27 +474,28 @@ def read_yaml(path: str | Path) -> dict:
     return data if data is not None else {}
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Load a YAML config file, apply `--set` overrides, and validate the result."""
     data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (data, tokenizer, model, train)")
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data, tokenizer, model, train, decode)")
     for assignment in overrides:
         apply_override(data, assignment)
-    return config_from_dict(data)
+    return config_from_dict(data, where=str(path))
 
 
-def config_to_dict(config: Config) -> dict:
-    """The config as plain values (tuples become lists), for YAML, JSON and checkpoints."""
+def config_to_dict(config: Any) -> Any:
+    """The config as plain values (tuples become lists), for YAML, JSON and checkpoints.
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(config))
+    An attention section is flattened back to `{type: name, option: value, ...}`.
+    """
+    if isinstance(config, AttentionConfig):
+        return {"type": config.type, **config_to_dict(config.options)}
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [config_to_dict(v) for v in config]
+    return config
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -150,7 +150,7 @@ class CorpusWriter:
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.files = {side: open(directory / f"{side}_ids.bin", "wb") for side in ("src", "tgt")}
+        self.files = {side: open(directory / f"{side}_ids.bin", "wb") for side in ("src", "tgt")}  # noqa: SIM115 (closed in close())
         self.lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
 
     def append(self, chunk: EncodedCorpus) -> None:

@@ -5,46 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq.checkpoint import load_trained
+from seq2seq.config import Config, DecodeConfig, decode_with
 from seq2seq.data import read_parallel, read_parallel_files
+from seq2seq.device import resolve_device
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
-from seq2seq.model import load_trained
 from seq2seq.search import decode_lines
-from seq2seq.train import resolve_device
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DecodeOptions:
-    """How to search: beam size (1 = greedy), GNMT length penalty, output length limit, batch size, precision."""
-
-    beam_size: int = 5
-    alpha: float = 1.0
-    max_output_ratio: float = 1.5
-    batch_tokens: int = 4000
-    max_src_length: int = 250
-    precision: str = "fp32"  # fp32 | bf16 (autocast: matmuls in bfloat16)
-
-    def check(self) -> None:
-        """Raise a UserError for impossible values."""
-        if self.beam_size < 1:
-            raise UserError(f"--beam must be 1 or more, got {self.beam_size}")
-        if self.alpha < 0:
-            raise UserError(f"--alpha must be 0 or more, got {self.alpha}")
-        if self.max_output_ratio <= 0 or self.batch_tokens <= 0 or self.max_src_length < 2:
-            raise UserError("--max-output-ratio and --batch-tokens must be positive, --max-src-length at least 2")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"--precision must be fp32 or bf16, got {self.precision!r}")
-
-
-def test_files(config, split: str, src: str | None, ref: str | None) -> tuple[list[str], list[str], str]:
+def test_files(config: Config, split: str, src: str | None, ref: str | None) -> tuple[list[str], list[str], str]:
     """Source and reference lines: the given files, or the config's split (test or dev)."""
     if (src is None) != (ref is None):
         raise UserError("give both --src and --ref, or neither (then --split chooses the config's test or dev set)")
@@ -63,53 +41,35 @@ def evaluate(
     split: str = "test",
     src: str | None = None,
     ref: str | None = None,
-    options: DecodeOptions | None = None,
+    decode: Mapping[str, Any] | None = None,
     output: str | None = None,
     report: str | None = None,
     device: str = "auto",
 ) -> dict:
-    """Translate a test set with a checkpoint; write hypotheses and a JSON report; return the report."""
-    options = options or DecodeOptions()
-    options.check()
+    """Translate a test set with a checkpoint; write hypotheses and a JSON report; return the report.
+
+    `decode` overrides the checkpoint's decode section (e.g. {"beam": 1}).
+    """
     torch_device = resolve_device(device)
-    model, tokenizer, config, step = load_trained(checkpoint, torch_device)
-    src_lines, ref_lines, name = test_files(config, split, src, ref)
+    trained = load_trained(checkpoint, torch_device)
+    options = decode_with(trained.config.decode, decode)
+    src_lines, ref_lines, name = test_files(trained.config, split, src, ref)
     if not src_lines:
         raise UserError(f"the test set '{name}' is empty: give files with at least one line")
-    tag = f"{name}.beam{options.beam_size}" if options.beam_size > 1 else f"{name}.greedy"
-    output_path = Path(output) if output else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.{tag}.hyp")
-    report_path = Path(report) if report else output_path.with_suffix(".json")
+    output_path, report_path = _output_paths(checkpoint, name, options, output, report)
     started = time.perf_counter()
     with tqdm(total=len(src_lines), unit="sent", desc="translating", disable=None) as bar:
-        hypotheses = decode_lines(
-            model,
-            tokenizer,
-            src_lines,
-            torch_device,
-            batch_tokens=options.batch_tokens,
-            max_output_ratio=options.max_output_ratio,
-            beam_size=options.beam_size,
-            alpha=options.alpha,
-            max_src_length=options.max_src_length,
-            precision=options.precision,
-            progress=bar,
-        )
+        hypotheses = decode_lines(trained.model, trained.tokenizer, src_lines, torch_device, options, bar)
     seconds = time.perf_counter() - started
-    texts = [tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
+    texts = [trained.tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
     output_path.parent.mkdir(parents=True, exist_ok=True)
     output_path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    bleu_score, chrf_score = bleu(texts, ref_lines), chrf(texts, ref_lines)
     result = {
         "checkpoint": str(checkpoint),
-        "step": step,
+        "step": trained.step,
         "test_set": {"name": name, "sentences": len(src_lines)},
         "decoding": vars(options),
-        "bleu": bleu_score.value,
-        "bleu_signature": bleu_score.signature,
-        "bleu_text": bleu_score.text,
-        "chrf": chrf_score.value,
-        "chrf_signature": chrf_score.signature,
-        "chrf_text": chrf_score.text,
+        **_scores(texts, ref_lines),
         "seconds": round(seconds, 2),
         "sentences_per_s": round(len(src_lines) / seconds, 2) if seconds else None,
         "device": str(torch_device),
@@ -121,36 +81,23 @@ def evaluate(
     return result
 
 
-def average_checkpoints(paths: list[str], output: str) -> dict:
-    """Average the weights of several checkpoints of one run into a new weights-only checkpoint."""
-    if len(paths) < 2:
-        raise UserError("give at least two checkpoints to average")
-    payloads = [load_checkpoint(p) for p in paths]
-    reference = payloads[-1]
-    for path, payload in zip(paths, payloads):
-        if payload.get("config", {}).get("model") != reference.get("config", {}).get("model"):
-            raise UserError(
-                f"{path} has a different model config from {paths[-1]}: only checkpoints of one run can be averaged"
-            )
-        if payload["model"].keys() != reference["model"].keys():
-            raise UserError(f"{path} has different parameters from {paths[-1]}")
-    averaged = {}
-    for name, tensor in reference["model"].items():
-        if tensor.is_floating_point():
-            averaged[name] = sum(p["model"][name].double() for p in payloads).div(len(payloads)).to(tensor.dtype)
-        else:
-            averaged[name] = tensor
-    result = {key: reference[key] for key in ("config", "tokenizer", "step", "run") if key in reference}
-    result.update(model=averaged, averaged_from=[str(p) for p in paths], best_bleu=None)
-    save_checkpoint(result, output)
-    return {"output": output, "averaged": len(paths), "from": [str(p) for p in paths]}
+def _output_paths(
+    checkpoint: str, name: str, options: DecodeConfig, output: str | None, report: str | None
+) -> tuple[Path, Path]:
+    """Hypotheses and report files: as given, or beside the checkpoint (e.g. best.test.beam5.hyp / .json)."""
+    tag = f"{name}.beam{options.beam}" if options.beam > 1 else f"{name}.greedy"
+    output_path = Path(output) if output else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.{tag}.hyp")
+    return output_path, Path(report) if report else output_path.with_suffix(".json")
 
 
-def last_checkpoints(run_dir: str, count: int) -> list[str]:
-    """The `count` newest step checkpoints of a run directory, oldest first."""
-    found = sorted(Path(run_dir).glob("step-*.pt"))
-    if not found:
-        raise UserError(f"no step-*.pt checkpoints in {run_dir} (train.keep_checkpoints must be > 0)")
-    if len(found) < count:
-        raise UserError(f"{run_dir} holds only {len(found)} step checkpoints, fewer than the {count} asked for")
-    return [str(p) for p in found[-count:]]
+def _scores(texts: list[str], references: list[str]) -> dict[str, Any]:
+    """BLEU and chrF with their sacreBLEU signatures and one-line texts."""
+    bleu_score, chrf_score = bleu(texts, references), chrf(texts, references)
+    return {
+        "bleu": bleu_score.value,
+        "bleu_signature": bleu_score.signature,
+        "bleu_text": bleu_score.text,
+        "chrf": chrf_score.value,
+        "chrf_signature": chrf_score.signature,
+        "chrf_text": chrf_score.text,
+    }

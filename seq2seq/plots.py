@@ -1,8 +1,7 @@
-"""Plots people would rather look at than read: training curves (and attention heatmaps)."""
+"""Plots people would rather look at than read: training curves, attention heatmaps, BLEU by source length."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -11,23 +10,13 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSON-lines file ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # blank, or the last line of a run killed mid-write
-    return records
+def plot_training_curves(progress: list[dict], metrics: list[dict], path: Path, title: str) -> Path:
+    """Write `path` (PNG): losses and dev BLEU against updates and against minutes.
 
-
-def plot_training_curves(run_dir: Path) -> Path:
-    """Write run_dir/curves.png: losses and dev BLEU against steps and against minutes."""
-    progress = read_jsonl(run_dir / "progress.jsonl")
-    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "dev_loss" in m]
+    `progress` holds training records (step, minutes, train_loss), `metrics` validation records
+    (step, minutes, dev_loss, dev_bleu); the run directory's JSON-lines files give both.
+    """
+    metrics = [m for m in metrics if "dev_loss" in m]
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex="col")
     for column, x_key, x_label in ((0, "step", "updates"), (1, "minutes", "minutes of training")):
         loss_axis, bleu_axis = axes[0, column], axes[1, column]
@@ -44,10 +33,10 @@ def plot_training_curves(run_dir: Path) -> Path:
         bleu_axis.set_ylabel("dev BLEU (greedy)")
         bleu_axis.set_xlabel(x_label)
         bleu_axis.grid(alpha=0.3)
-    figure.suptitle(f"Training curves: {run_dir.name}")
+    figure.suptitle(f"Training curves: {title}")
     figure.tight_layout()
-    path = run_dir / "curves.png"
-    temporary = run_dir / ".curves.tmp.png"
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
     figure.savefig(temporary, dpi=90)
     plt.close(figure)
     temporary.replace(path)

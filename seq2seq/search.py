@@ -1,15 +1,23 @@
-"""Decoding: greedy search, batched over sentences, with the attention of every output piece."""
+"""Decoding: greedy and beam search over batches of sentences, and `decode_lines` for raw text.
+
+Both searches return, for each sentence, hypotheses with their scores and the attention of
+every output piece. `decode_lines` tokenizes, truncates, batches by length and decodes lines
+with the options of a `DecodeConfig` (seq2seq/config.py: where every decoding default lives).
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from seq2seq.config import DecodeConfig
+from seq2seq.device import autocast
 from seq2seq.model import Seq2Seq
-from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,15 @@ def force_eos(log_probs: Tensor, rows: Tensor) -> None:
     log_probs[:, EOS_ID] = eos
 
 
+def next_log_probs(model: Seq2Seq, attentional: Tensor, out_of_room: Tensor) -> Tensor:
+    """Log-probabilities [N, V] of the next piece from attentional vectors [N, 1, H]; never PAD,
+    and only EOS for the rows `out_of_room` [N] marks."""
+    log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)
+    log_probs[:, PAD_ID] = float("-inf")
+    force_eos(log_probs, out_of_room)
+    return log_probs
+
+
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_ratio: float = 1.5) -> list[Hypothesis]:
     """Most probable piece at each step, for a batch of source ids [B, S] (EOS-terminated).
@@ -56,9 +73,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_r
     tokens, weights = [], []  # per step: [B] pieces (PAD once ended) and [B, S] attention
     for step in range(int(limits.max())):
         attentional, state, step_weights = model.decoder(previous, state, memory)  # [B', 1, H], _, [B', 1, S]
-        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B', V]
-        log_probs[:, PAD_ID] = float("-inf")
-        force_eos(log_probs, limits[alive] == step + 1)
+        log_probs = next_log_probs(model, attentional, limits[alive] == step + 1)  # [B', V]
         best_score, best = log_probs.max(dim=-1)  # [B']
         scores[alive] += best_score
         tokens.append(torch.full((batch,), PAD_ID, dtype=torch.long, device=device).index_copy_(0, alive, best))
@@ -104,52 +119,30 @@ def beam_search(
     All sentences' beams advance together as one batch of B * K rows. At each step the 2K best
     extensions of a sentence are taken: those ending in EOS among the first K are finished
     (scored with the length penalty), and the K best others stay alive. A sentence is done once it
-    has K finished hypotheses. Finished hypotheses never take part in later steps, so padding never
-    enters a score. With K = 1 this is exactly greedy search.
+    has K finished hypotheses and leaves the batch. Finished hypotheses never take part in later
+    steps, so padding never enters a score. With K = 1 this is exactly greedy search.
     """
     device, batch, k = src.device, src.size(0), beam_size
-    src_mask = src != PAD_ID
-    memory, state = model.encode(src, src_lengths, src_mask)
+    memory, state = model.encode(src, src_lengths, src != PAD_ID)
     rows = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]: each row's sentence
     memory, state = memory.select(rows), state.select(rows)
     limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
-    alive = torch.arange(batch, device=device)  # [B']: sentences still searching (done ones leave the batch)
+    alive = torch.arange(batch, device=device)  # [B']: sentences still searching
     scores = torch.full((batch, k), float("-inf"), device=device)  # [B', K]
     scores[:, 0] = 0.0  # one live beam per sentence at the start
     tokens = torch.full((batch * k, 1), BOS_ID, dtype=torch.long, device=device)  # [B'*K, t+1]
     attention = torch.zeros(batch * k, 0, src.size(1), device=device)  # [B'*K, t, S]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for step in range(int(limits.max())):
-        searching = alive.numel()
         attentional, state, step_weights = model.decoder(tokens[:, -1:], state, memory)
-        log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)  # [B'*K, V]
-        log_probs[:, PAD_ID] = float("-inf")
-        force_eos(log_probs, (limits[alive] == step + 1).repeat_interleave(k))
-        vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(searching, k * vocab)
-        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # [B', 2K]
-        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+        log_probs = next_log_probs(model, attentional, (limits[alive] == step + 1).repeat_interleave(k))  # [B'*K, V]
+        candidates = _Candidates.best(scores, log_probs, k)
         attention = torch.cat([attention, step_weights.float()], dim=1)  # [B'*K, t+1, S]
-        is_eos = (cand_token == EOS_ID) & torch.isfinite(cand_scores)
-        is_eos[:, k:] = False  # only an EOS among the K best can finish a hypothesis
-        for i, j in is_eos.nonzero().tolist():
-            b = int(alive[i])
-            if len(finished[b]) >= k:
-                continue
-            row = i * k + int(cand_beam[i, j])
-            ids = tokens[row, 1:].tolist()
-            raw = float(cand_scores[i, j])
-            score = raw / length_penalty(len(ids) + 1, alpha)
-            weights = attention[row, :, : int(src_lengths[b])].cpu()
-            finished[b].append(Hypothesis(ids, score, weights, raw))
+        _collect_finished(finished, candidates, alive, tokens, attention, src_lengths, alpha)
         going = torch.tensor([len(finished[int(b)]) < k for b in alive], device=device)  # [B']
         if not bool(going.any()):
             break
-        # The K best candidates that do not end here stay alive (EOS ones sort last).
-        position = torch.arange(2 * k, device=device).expand(searching, -1)
-        keep = (position + 2 * k * (cand_token == EOS_ID)).argsort(dim=1)[:, :k]  # [B', K]
-        parent = cand_beam.gather(1, keep) + torch.arange(searching, device=device)[:, None] * k  # [B', K]
-        scores, new_tokens = cand_scores.gather(1, keep), cand_token.gather(1, keep)
+        scores, new_tokens, parent = candidates.survivors()  # [B', K] each
         if not bool(going.all()):  # sentences with K finished hypotheses leave the batch
             still = going.nonzero().squeeze(1)
             alive, scores, new_tokens, parent = alive[still], scores[still], new_tokens[still], parent[still]
@@ -160,40 +153,93 @@ def beam_search(
     return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
 
 
+@dataclass
+class _Candidates:
+    """The 2K best extensions [B', 2K] of each sentence's K beams: scores, source beam, next piece."""
+
+    scores: Tensor
+    beam: Tensor
+    token: Tensor
+    k: int
+
+    @classmethod
+    def best(cls, scores: Tensor, log_probs: Tensor, k: int) -> _Candidates:
+        """From beam scores [B', K] and next-piece log-probabilities [B'*K, V]."""
+        searching, vocab = scores.size(0), log_probs.size(1)
+        candidates = (scores.view(-1, 1) + log_probs).view(searching, k * vocab)
+        cand_scores, cand_index = candidates.topk(2 * k, dim=1)  # [B', 2K]
+        return cls(cand_scores, cand_index // vocab, cand_index % vocab, k)
+
+    def finishing(self) -> list[tuple[int, int]]:
+        """(sentence row, candidate) pairs that end here: an EOS among the K best, with a finite score."""
+        is_eos = (self.token == EOS_ID) & torch.isfinite(self.scores)
+        is_eos[:, self.k :] = False
+        return [(i, j) for i, j in is_eos.nonzero().tolist()]
+
+    def survivors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The K best candidates that do not end here (EOS ones sort last): scores, pieces, parent rows."""
+        searching = self.scores.size(0)
+        position = torch.arange(2 * self.k, device=self.scores.device).expand(searching, -1)
+        keep = (position + 2 * self.k * (self.token == EOS_ID)).argsort(dim=1)[:, : self.k]  # [B', K]
+        rows = torch.arange(searching, device=self.scores.device)[:, None] * self.k
+        parent = self.beam.gather(1, keep) + rows  # [B', K]
+        return self.scores.gather(1, keep), self.token.gather(1, keep), parent
+
+
+def _collect_finished(
+    finished: list[list[Hypothesis]],
+    candidates: _Candidates,
+    alive: Tensor,
+    tokens: Tensor,
+    attention: Tensor,
+    src_lengths: Tensor,
+    alpha: float,
+) -> None:
+    """Add the hypotheses that end at this step to `finished` (at most K per sentence)."""
+    for i, j in candidates.finishing():
+        b = int(alive[i])
+        if len(finished[b]) >= candidates.k:
+            continue
+        row = i * candidates.k + int(candidates.beam[i, j])
+        ids = tokens[row, 1:].tolist()
+        raw = float(candidates.scores[i, j])
+        score = raw / length_penalty(len(ids) + 1, alpha)
+        weights = attention[row, :, : int(src_lengths[b])].cpu()
+        finished[b].append(Hypothesis(ids, score, weights, raw))
+
+
 def decode_lines(
     model: Seq2Seq,
-    tokenizer,
+    tokenizer: Tokenizer,
     lines: list[str],
     device: torch.device,
-    batch_tokens: int = 4000,
-    max_output_ratio: float = 1.5,
-    beam_size: int = 1,
-    alpha: float = 1.0,
-    n_best: int = 1,
-    max_src_length: int | None = None,
-    progress=None,
-    precision: str = "fp32",
+    options: DecodeConfig,
+    progress: Any = None,
 ) -> list[list[Hypothesis]]:
-    """The `n_best` translations of each line, batched by length; an empty line gives one empty hypothesis.
+    """The `options.n_best` translations of each line, batched by length; an empty line gives one empty hypothesis.
 
-    Beam size 1 is greedy search. `max_src_length` truncates longer sources (in pieces, EOS
-    included); `progress` is an optional tqdm bar advanced by lines; precision "bf16" decodes under
-    bfloat16 autocast (scores and attention stay float32).
+    Beam size 1 is greedy search. Sources longer than `options.max_src_length` pieces (EOS
+    included) are truncated with a warning; `progress` is an optional tqdm bar advanced by lines;
+    precision "bf16" decodes under bfloat16 autocast (scores and attention stay float32).
     """
     encoded = tokenizer.encode_src(lines)
-    if max_src_length is not None:
-        encoded = [_truncated(ids, max_src_length - 1, number) for number, ids in enumerate(encoded, start=1)]
+    if options.max_src_length is not None:
+        limit = options.max_src_length - 1
+        encoded = [_truncated(ids, limit, number) for number, ids in enumerate(encoded, start=1)]
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, torch.zeros(1, 0))] for _ in lines]
+    beam_size = max(options.beam, options.n_best)
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-    for batch in _length_batches(order, encoded, max(1, batch_tokens // beam_size)):
+    for batch in _length_batches(order, encoded, max(1, options.batch_tokens // beam_size)):
         sources = [torch.tensor(encoded[i] + [EOS_ID]) for i in batch]
         src = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD_ID).to(device)
         src_lengths = torch.tensor([len(s) for s in sources], device=device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device, options.precision):
             if beam_size == 1:
-                found = [[h] for h in greedy_search(model, src, src_lengths, max_output_ratio)]
+                found = [[h] for h in greedy_search(model, src, src_lengths, options.max_output_ratio)]
             else:
-                found = beam_search(model, src, src_lengths, beam_size, alpha, max_output_ratio, n_best)
+                found = beam_search(
+                    model, src, src_lengths, beam_size, options.alpha, options.max_output_ratio, options.n_best
+                )
         for index, hypotheses in zip(batch, found):
             results[index] = hypotheses
         if progress is not None:
@@ -211,7 +257,9 @@ def _truncated(ids: list[int], limit: int, number: int) -> list[int]:
     return ids[:limit]
 
 
-def attention_view(tokenizer, src_ids: list[int], hypothesis: Hypothesis) -> tuple[list[str], list[str], Tensor]:
+def attention_view(
+    tokenizer: Tokenizer, src_ids: list[int], hypothesis: Hypothesis
+) -> tuple[list[str], list[str], Tensor]:
     """Source pieces, output pieces and attention [out, src] without the EOS row and column (for display)."""
     weights = hypothesis.attention[: len(hypothesis.ids), : len(src_ids)]
     return tokenizer.src_pieces(src_ids), tokenizer.tgt_pieces(hypothesis.ids), weights

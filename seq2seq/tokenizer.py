@@ -74,14 +74,6 @@ class Tokenizer:
         """Rebuild from `state_dict()` output."""
         return cls(state["src_model"], state["tgt_model"])
 
-    def save(self, directory: Path) -> None:
-        """Write the model files into a run directory (spm.joint.model or spm.src/tgt.model)."""
-        if self.joint:
-            (directory / "spm.joint.model").write_bytes(self.src_model)
-        else:
-            (directory / "spm.src.model").write_bytes(self.src_model)
-            (directory / "spm.tgt.model").write_bytes(self.tgt_model)
-
 
 def _processor(model: bytes) -> spm.SentencePieceProcessor:
     try:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 from tqdm import tqdm
 
-from seq2seq.errors import UserError
-from seq2seq.evaluate import DecodeOptions
-from seq2seq.model import Trained, load_trained
+from seq2seq.align import pharaoh, word_alignment
+from seq2seq.checkpoint import load_trained
+from seq2seq.config import decode_with
+from seq2seq.device import resolve_device
 from seq2seq.plots import plot_attention
 from seq2seq.search import Hypothesis, attention_view, decode_lines
-from seq2seq.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ SHADES = " ░▒▓█"
 HISTORY_FILE = Path.home() / ".seq2seq_history"
 
 
-# --- attention as text and as word alignments ------------------------------------------------
+# --- attention as text ---------------------------------------------------------------------------
 
 
 def attention_heatmap(
@@ -45,72 +46,35 @@ def attention_heatmap(
     return "\n".join(lines)
 
 
-def word_spans(pieces: list[str]) -> list[int]:
-    """The word index of each SentencePiece piece (a piece starting with '▁' starts a word)."""
-    spans, word = [], -1
-    for piece in pieces:
-        if piece.startswith("▁") or word < 0:
-            word += 1
-        spans.append(word)
-    return spans
-
-
-def word_alignment(src_pieces: list[str], out_pieces: list[str], weights: torch.Tensor) -> list[tuple[int, int]]:
-    """Hard word alignments (source word i, output word j) in Pharaoh order: each output word to its most attended source word.
-
-    weights: [len(out_pieces), len(src_pieces)] without the EOS row and column. Attention is summed
-    over the pieces of a source word and averaged over the pieces of an output word.
-    """
-    if not src_pieces or not out_pieces:
-        return []
-    src_words, out_words = word_spans(src_pieces), word_spans(out_pieces)
-    n_src, n_out = src_words[-1] + 1, out_words[-1] + 1
-    per_src_word = torch.zeros(len(out_pieces), n_src).index_add_(1, torch.tensor(src_words), weights.float())
-    per_word = torch.zeros(n_out, n_src).index_add_(0, torch.tensor(out_words), per_src_word)
-    best_source = per_word.argmax(dim=1).tolist()
-    return [(i, j) for j, i in enumerate(best_source)]
-
-
-def pharaoh(pairs: list[tuple[int, int]]) -> str:
-    """Alignments as 'i-j i-j ...'."""
-    return " ".join(f"{i}-{j}" for i, j in pairs)
-
-
 # --- translating -------------------------------------------------------------------------------
 
 
 class Translator:
-    """A loaded checkpoint plus decoding options."""
+    """A checkpoint loaded once, and the decoding options to translate with.
 
-    def __init__(self, checkpoint: str, options: DecodeOptions, device: str = "auto", n_best: int = 1):
-        options.check()
-        if n_best < 1:
-            raise UserError(f"--n-best must be 1 or more, got {n_best}")
-        self.options, self.n_best = options, n_best
+    `decode` overrides the checkpoint's own `decode` section (e.g. {"beam": 1, "n_best": 3}).
+    """
+
+    def __init__(self, checkpoint: str | Path, decode: Mapping[str, Any] | None = None, device: str = "auto"):
         self.device = resolve_device(device)
-        trained: Trained = load_trained(checkpoint, self.device)
-        self.model, self.tokenizer, self.config = trained.model, trained.tokenizer, trained.config
+        self.trained = load_trained(checkpoint, self.device)
+        self.options = decode_with(self.trained.config.decode, decode)
+        self.tokenizer, self.config = self.trained.tokenizer, self.trained.config
 
-    def translate(self, lines: list[str], progress=None) -> list[list[Hypothesis]]:
+    @property
+    def n_best(self) -> int:
+        """Hypotheses given per sentence."""
+        return self.options.n_best
+
+    def translate(self, lines: list[str], progress: Any = None) -> list[list[Hypothesis]]:
         """The n-best hypotheses of each line (an empty line gives one empty hypothesis)."""
-        return decode_lines(
-            self.model,
-            self.tokenizer,
-            lines,
-            self.device,
-            batch_tokens=self.options.batch_tokens,
-            max_output_ratio=self.options.max_output_ratio,
-            beam_size=max(self.options.beam_size, self.n_best),
-            alpha=self.options.alpha,
-            n_best=self.n_best,
-            max_src_length=self.options.max_src_length,
-            precision=self.options.precision,
-            progress=progress,
-        )
+        return decode_lines(self.trained.model, self.tokenizer, lines, self.device, self.options, progress)
 
     def pieces(self, line: str, hypothesis: Hypothesis) -> tuple[list[str], list[str], torch.Tensor]:
         """Source pieces, output pieces and attention [out, src] without EOS, for display or alignment."""
-        src_ids = self.tokenizer.encode_src([line])[0][: self.options.max_src_length - 1]
+        src_ids = self.tokenizer.encode_src([line])[0]
+        if self.options.max_src_length is not None:
+            src_ids = src_ids[: self.options.max_src_length - 1]
         return attention_view(self.tokenizer, src_ids, hypothesis)
 
     def text(self, hypothesis: Hypothesis) -> str:

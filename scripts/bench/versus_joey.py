@@ -209,18 +209,24 @@ def flops_per_target_token(work: Path, overrides: dict, batches: int = 4) -> flo
     """Matmul FLOPs (forward + backward) per real target token, counted on real training batches."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from seq2seq import builders
     from seq2seq.config import load_config
     from seq2seq.data import collate
-    from seq2seq.train import Trainer, sequence_loss
+    from seq2seq.distributed import ProcessGroup
+    from seq2seq.model import sequence_loss
+    from seq2seq.rundir import RunDir
 
     config = load_config(our_config(work, "flops", {"data.dev": None, "data.test": None, **overrides}))
-    trainer = Trainer(config, force=True)
-    trainer.sampler.set_epoch(0)
+    run_dir = RunDir(config.train.run_dir)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    data = builders.create_training_data(config, ProcessGroup(), run_dir, None)
+    model = builders.create_model(config, data.tokenizer, torch.device("cpu"))
+    data.sampler.set_epoch(0)
     flops = tokens = 0
-    for _, indices in zip(range(batches), trainer.sampler):
-        batch = collate([trainer.dataset[i] for i in indices])
+    for _, indices in zip(range(batches), data.sampler):
+        batch = collate([data.dataset[i] for i in indices])
         with FlopCounterMode(display=False) as counter:
-            sequence_loss(trainer.model, batch, config.train.label_smoothing).backward()
+            sequence_loss(model, batch, config.train.label_smoothing).backward()
         flops += counter.get_total_flops()
         tokens += batch.num_tgt_tokens
     return flops / tokens

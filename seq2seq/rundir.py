@@ -1,0 +1,157 @@
+"""A run directory: every file a training run writes, named here and nowhere else.
+
+    config.yaml      the resolved config          train.log        the log
+    metrics.jsonl    one record per validation    progress.jsonl   one record per log interval
+    curves.png       the training curves          summary.json     the final summary
+    last.pt          the resume point             best.pt          the best dev BLEU
+    step-NNNNNNN.pt  the latest validations       spm.*.model      the SentencePiece model(s)
+
+`RunDir` also does the checks on starting or resuming a run there, the JSON-lines records
+(append, read, truncate after a crash) and attaching the run's log file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from seq2seq.config import Config, config_to_dict, save_config
+from seq2seq.errors import UserError
+from seq2seq.tokenizer import Tokenizer
+
+STEP_CHECKPOINTS = "step-*.pt"
+RUN_LIMITS = ("max_steps", "max_epochs", "max_time")  # train keys that may change when a run is resumed
+
+
+class RunDir:
+    """The files of one training run, in one directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.log = self.path / "train.log"
+        self.metrics = self.path / "metrics.jsonl"
+        self.progress = self.path / "progress.jsonl"
+        self.curves = self.path / "curves.png"
+        self.summary = self.path / "summary.json"
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def step_checkpoint(self, step: int) -> Path:
+        """The weights checkpoint of update `step`."""
+        return self.path / f"step-{step:07d}.pt"
+
+    def step_checkpoints(self) -> list[Path]:
+        """The step checkpoints present, oldest first."""
+        return sorted(self.path.glob(STEP_CHECKPOINTS))
+
+    def newest_step_checkpoints(self, count: int) -> list[Path]:
+        """The `count` newest step checkpoints, oldest first; a UserError if there are fewer."""
+        found = self.step_checkpoints()
+        if not found:
+            raise UserError(f"no {STEP_CHECKPOINTS} checkpoints in {self.path} (train.keep_checkpoints must be > 0)")
+        if len(found) < count:
+            raise UserError(f"{self.path} holds only {len(found)} step checkpoints, fewer than the {count} asked for")
+        return found[-count:]
+
+    # --- starting and resuming ------------------------------------------------------------------
+
+    def check_can_start(self, resume: bool, force: bool) -> None:
+        """A new run must not overwrite one unless forced; a resumed one needs last.pt."""
+        if resume and not self.last.is_file():
+            raise UserError(f"nothing to resume: {self.last} does not exist (train without --resume to start the run)")
+        if not resume and self.last.is_file() and not force:
+            raise UserError(
+                f"{self.path} already holds a run: add --resume to continue it, choose another "
+                "train.run_dir, or add --force to start over there"
+            )
+
+    def check_same_run(self, stored_config: Any, config: Config, force: bool) -> None:
+        """Resuming needs the config the run was started with (only the run limits may change)."""
+        if force:
+            return
+        if not isinstance(stored_config, dict) or _without_run_limits(stored_config) != _without_run_limits(
+            config_to_dict(config)
+        ):
+            raise UserError(
+                f"{self.path} holds a run of a different config: resume with the same config "
+                "(only train.max_steps/max_epochs/max_time may change) or add --force"
+            )
+
+    def prepare(self, config: Config, resume: bool) -> None:
+        """Create the directory, drop a previous run's records (unless resuming) and write the config."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for stale in (self.metrics, self.progress):
+                stale.unlink(missing_ok=True)
+        save_config(config, self.config)
+
+    def save_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Write the SentencePiece model(s): spm.joint.model, or spm.src.model and spm.tgt.model."""
+        state = tokenizer.state_dict()
+        if tokenizer.joint:
+            (self.path / "spm.joint.model").write_bytes(state["src_model"])
+        else:
+            (self.path / "spm.src.model").write_bytes(state["src_model"])
+            (self.path / "spm.tgt.model").write_bytes(state["tgt_model"])
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json: how the run ended."""
+        self.summary.write_text(json.dumps(summary, indent=2) + "\n")
+
+    # --- records ----------------------------------------------------------------------------------
+
+    def truncate_records(self, last_step: int) -> None:
+        """Keep only records of steps up to `last_step`: later ones belong to the part of a run that was lost."""
+        for path in (self.metrics, self.progress):
+            if path.is_file():
+                kept = [record for record in read_records(path) if record.get("step", 0) <= last_step]
+                path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+    def attach_log(self) -> logging.Handler:
+        """Copy the package's INFO log into train.log (also when no CLI set logging up)."""
+        handler = logging.FileHandler(self.log, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setLevel(logging.INFO)
+        package = logging.getLogger("seq2seq")
+        if package.getEffectiveLevel() > logging.INFO:
+            package.setLevel(logging.INFO)
+        package.addHandler(handler)
+        return handler
+
+
+def detach_log(handler: logging.Handler | None) -> None:
+    """Undo `RunDir.attach_log`."""
+    if handler is not None:
+        logging.getLogger("seq2seq").removeHandler(handler)
+        handler.close()
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file ([] when it does not exist)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or the last line of a run killed mid-write
+    return records
+
+
+def _without_run_limits(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the keys that may change between a run and its resumption."""
+    train = {k: v for k, v in config["train"].items() if k not in RUN_LIMITS}
+    return {**config, "train": train}
