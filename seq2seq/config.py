@@ -410,8 +410,8 @@ def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | None) 
     return decode
 
 
-def migrate_keys(data: dict, where: str = "config") -> dict:
-    """A copy of a plain config dict with every moved key at its new place (a warning for each)."""
+def migrate_keys(data: dict, where: str | None = None) -> dict:
+    """A copy of a plain config dict with every moved key at its new place (a warning naming `where`, if given)."""
     data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
     for old, new in MOVED_KEYS.items():
         old_section, old_key = old.split(".")
@@ -421,7 +421,8 @@ def migrate_keys(data: dict, where: str = "config") -> dict:
             target = data.setdefault(new_section, {})
             if isinstance(target, dict):
                 target.setdefault(new_key, section.pop(old_key))
-                log.warning("%s: config key '%s' is now '%s'; please rename it", where, old, new)
+                if where is not None:
+                    log.warning("%s: config key '%s' is now '%s'; please rename it", where, old, new)
     return data
 
 

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import Config, config_to_dict, save_config
+from seq2seq.config import Config, config_from_dict, config_to_dict, save_config
 from seq2seq.errors import UserError
 from seq2seq.tokenizer import Tokenizer
 
@@ -72,12 +72,17 @@ class RunDir:
             )
 
     def check_same_run(self, stored_config: Any, config: Config, force: bool) -> None:
-        """Resuming needs the config the run was started with (only the run limits may change)."""
+        """Resuming needs the config the run was started with (only the run limits may change).
+
+        Both are compared resolved, so an option added since the run started counts with its default.
+        """
         if force:
             return
-        if not isinstance(stored_config, dict) or _without_run_limits(stored_config) != _without_run_limits(
-            config_to_dict(config)
-        ):
+        try:
+            stored = config_to_dict(config_from_dict(stored_config))
+        except UserError:
+            stored = None
+        if stored is None or _without_run_limits(stored) != _without_run_limits(config_to_dict(config)):
             raise UserError(
                 f"{self.path} holds a run of a different config: resume with the same config "
                 "(only train.max_steps/max_epochs/max_time may change) or add --force"
