@@ -75,5 +75,5 @@ def force_align(
     align_path, npz_path = Path(f"{output}.align"), Path(f"{output}.npz")
     align_path.parent.mkdir(parents=True, exist_ok=True)
     align_path.write_text("".join(a + "\n" for a in alignments), encoding="utf-8")
-    np.savez_compressed(npz_path, **arrays)
+    np.savez_compressed(npz_path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
     return {"sentences": len(alignments), "alignments": str(align_path), "weights": str(npz_path)}

@@ -198,6 +198,7 @@ def compare(
     if beam < 1:
         raise UserError(f"--beam must be 1 or more, got {beam}")
     configs = variant_configs(base, variants, budget, output)
+    assert base.data.test is not None  # variant_configs checked it
     test_src, test_ref, _ = read_parallel(base.data.test, base.data.src_lang, base.data.tgt_lang)
     indices = heatmap_sentences(test_src, heatmaps)
     output.mkdir(parents=True, exist_ok=True)

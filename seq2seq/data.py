@@ -216,6 +216,7 @@ def _start_worker(src_model: bytes, tgt_model: bytes) -> None:
 
 def _encode_chunk(task: tuple[list[str], list[str], int, int]) -> tuple[EncodedCorpus, dict]:
     src_lines, tgt_lines, max_src, max_tgt = task
+    assert _worker_tokenizer is not None, "the pool's initializer sets it"
     return encode_and_filter(src_lines, tgt_lines, _worker_tokenizer, max_src, max_tgt)
 
 

@@ -26,7 +26,7 @@ def test_files(config: Config, split: str, src: str | None, ref: str | None) -> 
     """Source and reference lines: the given files, or the config's split (test or dev)."""
     if (src is None) != (ref is None):
         raise UserError("give both --src and --ref, or neither (then --split chooses the config's test or dev set)")
-    if src is not None:
+    if src is not None and ref is not None:
         src_lines, ref_lines = read_parallel_files(Path(src), Path(ref), what="test set")
         return src_lines, ref_lines, Path(src).stem
     prefix = getattr(config.data, split)

@@ -24,6 +24,8 @@ On CUDA, cuDNN's fused kernels are faster than any Python loop, so `forward` han
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -56,7 +58,7 @@ class GRURecurrence(torch.autograd.Function):
             if keep is not None:  # past a sentence's end the state stays as it was
                 new_h = h + keep[t] * (new_h - h)
             states[t] = new_h
-            if training:
+            if saved is not None:  # training
                 saved[0, t], saved[1, t], saved[2, t], saved[3, t] = r, z, n, gh_n
             h = new_h
         ctx.save_for_backward(states, h0, w_hh, keep, saved)
@@ -127,11 +129,13 @@ class GRU(nn.GRU):
             dropout=dropout,
         )
 
-    def forward(self, x: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(  # type: ignore[override]  # nn.GRU takes no lengths; this one stops each sentence at its own
+        self, x: Tensor, h0: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         if x.is_cuda:
             return self._forward_fused(x, h0, lengths)
         directions = 2 if self.bidirectional else 1
-        state_dtype = self.weight_hh_l0.dtype  # under autocast only the matmuls run in low precision
+        state_dtype = cast(Tensor, self.weight_hh_l0).dtype  # under autocast only the matmuls run in low precision
         if h0 is None:
             h0 = x.new_zeros(self.num_layers * directions, x.size(0), self.hidden_size, dtype=state_dtype)
         h0 = h0.to(state_dtype)

@@ -99,7 +99,7 @@ def _hypothesis(tokens: Tensor, score: float, attention: Tensor) -> Hypothesis:
     return Hypothesis(ids[:length], score, attention[: length + 1], score)
 
 
-def length_penalty(length: Tensor | int, alpha: float) -> Tensor | float:
+def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ((5 + length) / 6) ** alpha; scores are divided by it (alpha 0: none)."""
     return ((5 + length) / 6) ** alpha
 
@@ -267,7 +267,8 @@ def attention_view(
 
 def _length_batches(order: list[int], encoded: list[list[int]], batch_tokens: int) -> list[list[int]]:
     """Cut indices sorted by length into batches of at most `batch_tokens` padded source tokens."""
-    batches, batch = [], []
+    batches: list[list[int]] = []
+    batch: list[int] = []
     for index in order:
         width = len(encoded[index]) + 1
         if batch and width * (len(batch) + 1) > batch_tokens:

@@ -16,9 +16,10 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -186,7 +187,8 @@ class Trainer:
         for index, batch in enumerate(batches):
             last = index == len(batches) - 1
             # With DDP, gradients are averaged across processes once, after the last batch.
-            synchronise = contextlib.nullcontext() if last or not self.group.active else self.train_model.no_sync()
+            ddp = self.train_model if self.group.active and not last else None
+            synchronise = cast(DistributedDataParallel, ddp).no_sync() if ddp is not None else contextlib.nullcontext()
             with synchronise:
                 with autocast(self.device, self.config.train.precision):
                     loss = sequence_loss(self.train_model, batch, self.config.train.label_smoothing) / len(batches)
@@ -283,7 +285,7 @@ class Trainer:
                 self._save_checkpoints(False, rng)
         barrier(self.group)
         if self.group.active:  # the plateau schedule changed on the main process only
-            self.schedule.load_state_dict(broadcast_from_main(self.group, self.schedule.state_dict()))
+            self.schedule.load_state_dict(cast(dict, broadcast_from_main(self.group, self.schedule.state_dict())))
         if any_process(self.group, early is not None):
             return early or "early stopping (decided by the main process)"
         return None
