@@ -112,12 +112,9 @@ class Trainer:
     def run(self) -> dict:
         """Train until a limit or early stopping; returns the summary."""
         start = time.monotonic() - self.state.elapsed
+        quiet = None if self.group.is_main else True
         bar = tqdm(
-            total=self.config.train.max_steps,
-            initial=self.state.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=None if self.group.is_main else True,
+            total=self.config.train.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True, disable=quiet
         )
         self.interval.started = time.monotonic()
         stop_reason = self._limit_reached(False)  # a resumed run may already be at its limit
@@ -130,9 +127,9 @@ class Trainer:
 
     def _run_epoch(self, bar: tqdm, stop: StopRequest, start: float) -> str | None:
         """The rest of the current epoch; returns why to stop, or None to go on with the next epoch."""
-        train = self.config.train
-        if train.max_epochs is not None and self.state.epoch >= train.max_epochs:
-            return f"reached train.max_epochs ({train.max_epochs})"
+        settings = self.config.train
+        if settings.max_epochs is not None and self.state.epoch >= settings.max_epochs:
+            return f"reached train.max_epochs ({settings.max_epochs})"
         self.data.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
         loader = DataLoader(
             self.data.dataset,
@@ -141,21 +138,21 @@ class Trainer:
             num_workers=self.config.data.num_workers,
             generator=torch.Generator(),  # its own: drawing from the global RNG would change dropout on resume
         )
-        for batches in _groups_of(loader, train.accumulate_batches):
+        for batches in _groups_of(loader, settings.accumulate_batches):
             stop_reason = self._update(batches, bar, stop, start)
             if stop_reason:
                 return stop_reason
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
-        if train.max_epochs is not None and self.state.epoch >= train.max_epochs:
-            if self.state.step % train.validate_every:  # not validated at this step yet
+        if settings.max_epochs is not None and self.state.epoch >= settings.max_epochs:
+            if self.state.step % settings.validate_every:  # not validated at this step yet
                 self._save_point(validate=True)
-            return f"reached train.max_epochs ({train.max_epochs})"
+            return f"reached train.max_epochs ({settings.max_epochs})"
         return None
 
     def _update(self, batches: list[Batch], bar: tqdm, stop: StopRequest, start: float) -> str | None:
         """One update, its progress record, and a save point when one is due; returns why to stop, if so."""
-        train = self.config.train
+        settings = self.config.train
         loss = self._train_step([batch.to(self.device) for batch in batches])
         self.state.batch_in_epoch += len(batches)
         if loss is not None:
@@ -164,12 +161,12 @@ class Trainer:
             self.interval.tokens += tokens
         self.state.elapsed = time.monotonic() - start
         bar.update(1)
-        if self.state.step % train.log_every == 0 and self.interval.tokens:
+        if self.state.step % settings.log_every == 0 and self.interval.tokens:
             self._log_progress(bar)
         stop_reason, interrupted = self._agreed_stop(stop.requested)
         if interrupted:  # save at once; validating could take minutes
             self._save_point(validate=False)
-        elif self.state.step % train.validate_every == 0 or stop_reason:
+        elif self.state.step % settings.validate_every == 0 or stop_reason:
             early = self._save_point(validate=True)  # always: it also writes the checkpoints
             stop_reason = stop_reason or early
             self.interval.started = time.monotonic()  # validation time is not training speed
@@ -211,11 +208,8 @@ class Trainer:
         self.scaler.update()  # fp16: a smaller scale next time
         self.state.skipped_updates += 1
         self.state.skipped_in_a_row += 1
-        log.warning(
-            "Step %d: non-finite loss or gradient, update skipped (%d so far)",
-            self.state.step,
-            self.state.skipped_updates,
-        )
+        count = self.state.skipped_updates
+        log.warning("Step %d: non-finite loss or gradient, update skipped (%d so far)", self.state.step, count)
         if self.state.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
             raise UserError(
                 f"{MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss or gradient: the run diverged; "
@@ -326,14 +320,14 @@ class Trainer:
 
     def _finish(self, stop_reason: str | None) -> dict:
         """The summary (summary.json, and a log line); how to resume when interrupted."""
-        state, has_dev = self.state, self.validator.dev is not None
+        state = self.state
         epoch_batches = max(1, len(self.data.sampler.rank_batches(state.epoch)))
         summary = {
             "stop_reason": stop_reason,
             "steps": state.step,
             "epochs": round(state.epoch + state.batch_in_epoch / epoch_batches, 2),
             "minutes": round(state.elapsed / 60, 2),
-            "best_dev_bleu": state.best_bleu if has_dev else None,
+            "best_dev_bleu": state.best_bleu if self.validator.dev is not None else None,
             "best_step": state.best_step,
             "skipped_updates": state.skipped_updates,
             "best_checkpoint": str(self.run_dir.best),
@@ -342,26 +336,30 @@ class Trainer:
             "interrupted": stop_reason == "interrupted",
             "processes": self.group.world_size,
         }
-        if not self.group.is_main:
-            return summary
-        self.run_dir.write_summary(summary)
-        best = f"best dev BLEU {state.best_bleu:.2f} at step {state.best_step}" if has_dev else "no dev set"
-        log.info(
-            "Finished (%s): %s; %d steps, %.2f epochs, %.1f minutes of training. "
-            "Best checkpoint: %s; resume point: %s; curves: %s; metrics: %s.",
-            stop_reason,
-            best,
-            state.step,
-            summary["epochs"],
-            state.elapsed / 60,
-            self.run_dir.best,
-            self.run_dir.last,
-            self.run_dir.curves,
-            self.run_dir.metrics,
-        )
-        if summary["interrupted"]:
-            log.warning("To continue this run: seq2seq train %s --resume", self.run_dir.config)
+        if self.group.is_main:
+            self.run_dir.write_summary(summary)
+            _report_finished(summary, self.run_dir)
         return summary
+
+
+def _report_finished(summary: dict, run_dir: RunDir) -> None:
+    """The closing log line, and how to resume an interrupted run."""
+    best = summary["best_dev_bleu"]
+    log.info(
+        "Finished (%s): %s; %d steps, %.2f epochs, %.1f minutes of training. "
+        "Best checkpoint: %s; resume point: %s; curves: %s; metrics: %s.",
+        summary["stop_reason"],
+        "no dev set" if best is None else f"best dev BLEU {best:.2f} at step {summary['best_step']}",
+        summary["steps"],
+        summary["epochs"],
+        summary["minutes"],
+        run_dir.best,
+        run_dir.last,
+        run_dir.curves,
+        run_dir.metrics,
+    )
+    if summary["interrupted"]:
+        log.warning("To continue this run: seq2seq train %s --resume", run_dir.config)
 
 
 def _groups_of(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
