@@ -3,11 +3,9 @@ true (length-normalised) log-probabilities, attention is well formed, padding ne
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from conftest import TOY_ES
+from helpers import toy_sentence
 from torch.nn.utils.rnn import pad_sequence
 
 from seq2seq.model import load_trained
@@ -27,11 +25,6 @@ def trained(toy_model):
         "train_src": toy_model["src"].read_text().splitlines(),
         "train_ref": toy_model["ref"].read_text().splitlines(),
     }
-
-
-def toy_sentence(words: int, seed: int) -> str:
-    rng = random.Random(seed)
-    return " ".join(rng.choice(TOY_ES) for _ in range(words))
 
 
 @pytest.fixture(scope="module")
