@@ -332,6 +332,8 @@ IN_A_SUBPROCESS = {"info on random bytes (seed 110)"}  # pytest would catch the 
 
 def bad_input_param(case: str):
     marks = [NO_GPU] if case in GPU_CASES else []
+    if case in IN_A_SUBPROCESS:
+        marks.append(pytest.mark.slow)
     return pytest.param(case, marks=marks)
 
 
@@ -442,6 +444,7 @@ def test_cli_info_shows_a_checkpoint(toy_model, capsys):
     assert shown["run"]["versions"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow
 def test_cli_subprocess_user_error_has_no_traceback(tmp_path: Path, tiny_config):
     config = write_config(tmp_path, {**tiny_config, "model": {**tiny_config["model"], "hiden": 3}})
     result = run_seq2seq("train", config, cwd=tmp_path)
@@ -497,6 +500,7 @@ def test_cli_random_bytes_that_upset_the_unpickler_are_one_line_exit_2(tmp_path:
     assert str(path) in one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_in_a_subprocess_has_no_traceback(tmp_path: Path):
     path = random_bytes(tmp_path)
     write_lines(tmp_path / "in.es", ["uno dos tres"])

@@ -15,6 +15,8 @@ from helpers import make_toy_config, write_toy_corpus, write_yaml
 from seq2seq.config import config_from_dict
 from seq2seq.train import train
 
+pytestmark = pytest.mark.slow  # each test launches torchrun: two training processes
+
 
 def two_process_config(tmp_path: Path, run: str) -> dict:
     config = make_toy_config(tmp_path, write_toy_corpus(tmp_path, count=60))

@@ -38,6 +38,8 @@ from seq2seq.plots import read_jsonl
 from seq2seq.train import train
 from seq2seq.translate import SHADES, attention_heatmap
 
+pytestmark = pytest.mark.slow
+
 # --- runs killed from outside ------------------------------------------------------------------------
 
 REF_STEPS = 16  # 5 to 6 epochs of 3 batches
