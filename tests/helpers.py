@@ -31,6 +31,11 @@ TOY_MODEL_STEPS = 80  # the toy corpus is memorised (dev BLEU about 100) well be
 
 LOG_LINE = re.compile(r"\d\d:\d\d:\d\d ")  # the console log format of seq2seq.cli.setup_logging
 ERROR_PREFIX = "seq2seq: error: "
+# What load_checkpoint says of bytes that are no checkpoint: which of the two depends on where the unpickler fails.
+NOT_A_CHECKPOINT = (
+    r"is not a (seq2seq checkpoint \(truncated, corrupt or another format\)"
+    r"|readable checkpoint \(truncated or corrupt: .+\))$"
+)
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores: keep child processes to one thread
 

@@ -52,4 +52,7 @@ def test_align_refuses_misaligned_input(toy_model, tmp_path: Path, capsys):
         )
         == 2
     )
-    assert "misaligned" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"seq2seq: error: misaligned input: {src} has 1 lines but {tgt} has 0; "
+        "line i of one must translate line i of the other\n"
+    )

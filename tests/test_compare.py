@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from helpers import make_toy_config, write_toy_corpus, write_yaml
+from sacrebleu.metrics import BLEU, CHRF
 
 from seq2seq.cli import main
 from seq2seq.compare import bleu_by_length, parse_budget, source_length_bucket
 from seq2seq.errors import UserError
+from seq2seq.plots import read_jsonl
 
 
 def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, capsys):
@@ -39,10 +41,22 @@ def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, cap
     assert "| none |" in report and "| dot |" in report and "dev BLEU" in report
     results = json.loads((output / "results.json").read_text())
     assert [r["variant"] for r in results] == ["none", "dot"]
+    references = Path(f"{corpus['dev']}.en").read_text(encoding="utf-8").splitlines()
     for result in results:
-        assert result["steps"] == 12 and result["parameters"] > 0
-        assert 0 <= result["test_bleu"] <= 100 and result["train_tokens_per_s"] > 0
-        assert set(result["bleu_by_length"]) == {"1-10", "11-20", "21-30", "31-40", "41-50", "51+"}
+        run_dir = output / "runs" / result["variant"]
+        assert result["steps"] == 12 and result["parameters"] > 0 and result["train_tokens_per_s"] > 0
+        # The scores are those of the test translations the run wrote, against the references.
+        hypotheses = (run_dir / "test.hyp").read_text(encoding="utf-8").splitlines()
+        assert len(hypotheses) == len(references)
+        test_bleu = BLEU().corpus_score(hypotheses, [references]).score
+        assert result["test_bleu"] == round(test_bleu, 2)
+        assert result["test_chrf"] == round(CHRF().corpus_score(hypotheses, [references]).score, 2)
+        # Every toy sentence has 3 to 6 words: the 1-10 bucket is the whole test set.
+        assert result["bleu_by_length"] == {
+            "1-10": pytest.approx(test_bleu),
+            **dict.fromkeys(["11-20", "21-30", "31-40", "41-50", "51+"]),
+        }
+        assert result["dev_bleu"] == max(m["dev_bleu"] for m in read_jsonl(run_dir / "metrics.jsonl"))
     assert (output / "bleu_by_length.png").stat().st_size > 1000
     heatmaps = sorted(p.name for p in (output / "heatmaps").glob("*.png"))
     assert heatmaps == ["sentence1-dot.png", "sentence1-none.png", "sentence2-dot.png", "sentence2-none.png"]
@@ -57,7 +71,7 @@ def test_compare_refuses_unknown_variant_and_unfit_sizes_before_training(tmp_pat
     config["data"]["test"] = corpus["dev"]
     config_file = write_yaml(tmp_path / "base.yaml", config)
     assert main(["compare", str(config_file), "--attention", "additive,fancy", "--output", str(tmp_path / "r")]) == 2
-    assert "fancy" in capsys.readouterr().err
+    assert "unknown attention variant(s) fancy: choose from none, dot, " in capsys.readouterr().err
     # encoder 32 x 2 = 64 = decoder 64 here; make them differ so 'dot' cannot compare them
     assert (
         main(
@@ -74,7 +88,10 @@ def test_compare_refuses_unknown_variant_and_unfit_sizes_before_training(tmp_pat
         )
         == 2
     )
-    assert "'dot' attention" in capsys.readouterr().err
+    assert (
+        "'dot' attention compares decoder and encoder states directly: set model.decoder_hidden_size (48) "
+        "to 2 x model.encoder_hidden_size (64), or use 'general' or 'additive'"
+    ) in capsys.readouterr().err
     assert not (tmp_path / "r" / "runs").exists()
 
 

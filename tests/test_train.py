@@ -80,8 +80,15 @@ def test_run_directory_holds_every_artefact(toy_run):
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [OVERFIT_STEPS // 2, OVERFIT_STEPS]
-    assert all(0 <= m["dev_bleu"] <= 100 and m["dev_loss"] >= 0 for m in metrics)
-    assert max(m["dev_bleu"] for m in metrics) == toy_run["summary"]["best_dev_bleu"]
+    # The dev set is the training set: memorised by the end, and better predicted at each validation.
+    assert metrics[-1]["dev_bleu"] == pytest.approx(100.0)
+    assert metrics[1]["dev_loss"] < metrics[0]["dev_loss"] and metrics[-1]["dev_loss"] < 0.05
+    assert all(m["dev_ppl"] == pytest.approx(math.exp(m["dev_loss"])) for m in metrics)
+    # best.pt is the first validation with the highest dev BLEU (a tie is no improvement)
+    best = max(m["dev_bleu"] for m in metrics)
+    assert best == toy_run["summary"]["best_dev_bleu"]
+    assert toy_run["summary"]["best_step"] == next(m["step"] for m in metrics if m["dev_bleu"] == best)
+    assert torch.load(run_dir / "best.pt", weights_only=True)["step"] == toy_run["summary"]["best_step"]
 
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in run_dir.glob("step-*.pt")] == [f"step-{OVERFIT_STEPS:07d}.pt"]  # keep_checkpoints: 1
@@ -122,7 +129,14 @@ def test_every_model_variant_trains_and_validates(tiny_config, model):
     losses = [p["train_loss"] for p in read_jsonl(run_dir / "progress.jsonl")]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
-    assert summary["best_dev_bleu"] >= 0 and (run_dir / "best.pt").is_file()
+    # The one validation (at the end) is the best so far: summary, metrics.jsonl and best.pt agree on it.
+    (record,) = read_jsonl(run_dir / "metrics.jsonl")
+    assert record["step"] == 6 and summary["best_step"] == 6
+    assert summary["best_dev_bleu"] == record["dev_bleu"]
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["step"] == 6 and best["best_bleu"] == record["dev_bleu"]
+    # The dev set too is better predicted than by a uniform guess over the 300 pieces.
+    assert math.isfinite(record["dev_loss"]) and record["dev_loss"] < math.log(300)
 
 
 # --- reproducibility and resume --------------------------------------------------------------------
@@ -246,7 +260,8 @@ def test_resume_survives_a_half_written_record_and_refuses_another_model(toy_con
     config_file = write_config(run_dir.parent, {**toy_config, "model": {**toy_config["model"], "embedding_size": 16}})
     assert main(["train", config_file, "--resume", "--force"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("seq2seq: error: ") and "different model" in error
+    assert error.startswith(f"seq2seq: error: {run_dir / 'last.pt'} holds a different model or optimizer (")
+    assert error.endswith("): start this config in a new run directory instead of resuming")
 
 
 def test_resume_of_another_configs_run_goes_ahead_with_force(tmp_path: Path, toy_config, capfd):
@@ -370,4 +385,7 @@ def test_resume_from_a_weights_only_checkpoint_is_a_user_error(tmp_path: Path, t
     capfd.readouterr()
     assert main(["train", config, "--resume", "--set", "train.max_steps=4"]) == 2
     error = capfd.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("seq2seq: error: ") and str(run_dir / "last.pt") in error
+    assert error == (
+        f"seq2seq: error: {run_dir / 'last.pt'} holds no training state (optimizer, schedule, training_state, rng "
+        "missing): it cannot be resumed from; start a new run, or restore the last.pt the run wrote"
+    )
