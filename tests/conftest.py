@@ -1,52 +1,26 @@
-"""Shared fixtures: tiny corpora (real and synthetic), tiny configs, a trained tokenizer."""
+"""Shared fixtures: tiny corpora (real and synthetic), tiny configs, a trained tokenizer, one trained toy model.
+
+Plain helper functions and constants are in helpers.py.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import pytest
+from helpers import (
+    DATA,
+    TOY_MODEL_STEPS,
+    head,
+    make_config,
+    make_toy_config,
+    write_parallel,
+    write_toy_corpus,
+)
 
 from seq2seq.config import TokenizerConfig
 from seq2seq.tokenizer import Tokenizer, train_sentencepiece
-
-DATA = Path(__file__).resolve().parent.parent / "data"
-
-# A toy Spanish -> English lexicon: word-for-word translation that a tiny model memorises in seconds.
-TOY_ES = "uno dos tres cuatro cinco seis siete ocho nueve diez gato perro casa rojo azul verde grande".split()  # noqa: SIM905
-TOY_EN = "one two three four five six seven eight nine ten cat dog house red blue green big".split()  # noqa: SIM905
-TOY_VOCAB = len(TOY_ES) + len(TOY_EN) + 4  # one piece per word plus the 4 special pieces
-
-
-def head(path: Path, count: int) -> list[str]:
-    """The first `count` lines of a text file."""
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for _, line in zip(range(count), handle)]
-
-
-def write_lines(path: Path, lines: list[str]) -> Path:
-    """Write lines as a UTF-8 text file, one per line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-def write_parallel(prefix: Path, src: list[str], tgt: list[str]) -> str:
-    """Write prefix.es / prefix.en and return the prefix as the config wants it."""
-    write_lines(Path(f"{prefix}.es"), src)
-    write_lines(Path(f"{prefix}.en"), tgt)
-    return str(prefix)
-
-
-def toy_pairs(count: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """`count` distinct toy sentence pairs of 3 to 6 words."""
-    rng = random.Random(seed)
-    sentences: set[tuple[int, ...]] = set()
-    while len(sentences) < count:
-        sentences.add(tuple(rng.randrange(len(TOY_ES)) for _ in range(rng.randint(3, 6))))
-    ordered = sorted(sentences)
-    return [" ".join(TOY_ES[i] for i in s) for s in ordered], [" ".join(TOY_EN[i] for i in s) for s in ordered]
 
 
 @pytest.fixture
@@ -57,66 +31,16 @@ def tiny_corpus(tmp_path: Path) -> dict[str, str]:
     return {"train": train, "dev": dev}
 
 
-def write_toy_corpus(directory: Path, count: int = 30) -> dict[str, str]:
-    """`count` synthetic word-for-word pairs; dev is the same pairs (for overfitting)."""
-    src, tgt = toy_pairs(count)
-    train = write_parallel(directory / "toy" / "train", src, tgt)
-    dev = write_parallel(directory / "toy" / "dev", src, tgt)
-    return {"train": train, "dev": dev}
-
-
 @pytest.fixture
 def toy_corpus(tmp_path: Path) -> dict[str, str]:
     """30 synthetic word-for-word pairs in tmp_path; dev is the same pairs."""
     return write_toy_corpus(tmp_path)
 
 
-def make_config(tmp_path: Path, corpus: dict[str, str]) -> dict:
-    """A config dict for a tiny, fast run whose files all live under tmp_path."""
-    return {
-        "name": "tiny",
-        "data": {
-            "train": corpus["train"],
-            "dev": corpus["dev"],
-            "test": None,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "tokenizer": {"vocab_size": 300},
-        "model": {
-            "embedding_size": 32,
-            "encoder_hidden_size": 32,
-            "decoder_hidden_size": 64,
-            "dropout": 0.1,
-            "attention": {"type": "additive"},
-        },
-        "train": {
-            "run_dir": str(tmp_path / "run"),
-            "device": "cpu",
-            # One thread: tiny models gain nothing from more, and CPU contention makes more far slower.
-            "threads": 1,
-            "batch_tokens": 800,
-            "max_steps": 4,
-            "validate_every": 1000,
-            "log_every": 1,
-            "keep_checkpoints": 1,
-            "schedule": {"type": "constant", "warmup_steps": 0},
-        },
-    }
-
-
 @pytest.fixture
 def tiny_config(tmp_path: Path, tiny_corpus: dict[str, str]) -> dict:
     """Config dict for the tiny real corpus (vocab 300, sizes 32/64), cache and run dir in tmp_path."""
     return make_config(tmp_path, tiny_corpus)
-
-
-def make_toy_config(directory: Path, corpus: dict[str, str]) -> dict:
-    """Config dict for the toy corpus: a word-level vocabulary, no dropout, a high constant lr."""
-    config = make_config(directory, corpus)
-    config["tokenizer"] = {"vocab_size": TOY_VOCAB, "model_type": "word"}
-    config["model"]["dropout"] = 0.0
-    config["train"].update(lr=0.01, label_smoothing=0.0, batch_tokens=100)
-    return config
 
 
 @pytest.fixture
@@ -145,9 +69,7 @@ def _restore_package_logger():
     logger.handlers, logger.level, logger.propagate = saved
 
 
-# --- one tiny trained model, shared by the search, evaluate and translate tests -----------------
-
-TOY_MODEL_STEPS = 80  # the toy corpus is memorised (dev BLEU about 100) well before this
+# --- one tiny trained model, shared by the search, evaluate, translate, align and CLI tests -------------
 
 
 @pytest.fixture(scope="session")
@@ -177,3 +99,18 @@ def toy_model(tmp_path_factory) -> dict:
         "config": config,
         "summary": summary,
     }
+
+
+@pytest.fixture(scope="module")
+def translator(toy_model):
+    """The toy model with the default decoding options (beam 5)."""
+    from seq2seq.evaluate import DecodeOptions
+    from seq2seq.translate import Translator
+
+    return Translator(str(toy_model["checkpoint"]), DecodeOptions(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus(toy_model) -> tuple[list[str], list[str]]:
+    """The toy model's dev sources and references (the sentences it memorised)."""
+    return toy_model["src"].read_text().splitlines(), toy_model["ref"].read_text().splitlines()

@@ -1,18 +1,18 @@
-"""`seq2seq compare` end to end on a toy corpus, and `seq2seq align` on given translations."""
+"""`seq2seq compare` end to end on a toy corpus; its budget parsing and BLEU by source length."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
-from conftest import make_toy_config, write_lines, write_toy_corpus
+from helpers import make_toy_config, write_toy_corpus, write_yaml
+from sacrebleu.metrics import BLEU, CHRF
 
 from seq2seq.cli import main
 from seq2seq.compare import bleu_by_length, parse_budget, source_length_bucket
 from seq2seq.errors import UserError
+from seq2seq.plots import read_jsonl
 
 
 def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, capsys):
@@ -20,8 +20,7 @@ def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, cap
     config = make_toy_config(tmp_path, corpus)
     config["data"]["test"] = corpus["dev"]
     config["model"]["decoder_hidden_size"] = 64  # = 2 x encoder_hidden_size, so 'dot' can run
-    config_file = tmp_path / "base.yaml"
-    config_file.write_text(yaml.safe_dump(config))
+    config_file = write_yaml(tmp_path / "base.yaml", config)
     output = tmp_path / "report"
     status = main(
         [
@@ -42,10 +41,22 @@ def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, cap
     assert "| none |" in report and "| dot |" in report and "dev BLEU" in report
     results = json.loads((output / "results.json").read_text())
     assert [r["variant"] for r in results] == ["none", "dot"]
+    references = Path(f"{corpus['dev']}.en").read_text(encoding="utf-8").splitlines()
     for result in results:
-        assert result["steps"] == 12 and result["parameters"] > 0
-        assert 0 <= result["test_bleu"] <= 100 and result["train_tokens_per_s"] > 0
-        assert set(result["bleu_by_length"]) == {"1-10", "11-20", "21-30", "31-40", "41-50", "51+"}
+        run_dir = output / "runs" / result["variant"]
+        assert result["steps"] == 12 and result["parameters"] > 0 and result["train_tokens_per_s"] > 0
+        # The scores are those of the test translations the run wrote, against the references.
+        hypotheses = (run_dir / "test.hyp").read_text(encoding="utf-8").splitlines()
+        assert len(hypotheses) == len(references)
+        test_bleu = BLEU().corpus_score(hypotheses, [references]).score
+        assert result["test_bleu"] == round(test_bleu, 2)
+        assert result["test_chrf"] == round(CHRF().corpus_score(hypotheses, [references]).score, 2)
+        # Every toy sentence has 3 to 6 words: the 1-10 bucket is the whole test set.
+        assert result["bleu_by_length"] == {
+            "1-10": pytest.approx(test_bleu),
+            **dict.fromkeys(["11-20", "21-30", "31-40", "41-50", "51+"]),
+        }
+        assert result["dev_bleu"] == max(m["dev_bleu"] for m in read_jsonl(run_dir / "metrics.jsonl"))
     assert (output / "bleu_by_length.png").stat().st_size > 1000
     heatmaps = sorted(p.name for p in (output / "heatmaps").glob("*.png"))
     assert heatmaps == ["sentence1-dot.png", "sentence1-none.png", "sentence2-dot.png", "sentence2-none.png"]
@@ -58,10 +69,9 @@ def test_compare_refuses_unknown_variant_and_unfit_sizes_before_training(tmp_pat
     corpus = write_toy_corpus(tmp_path)
     config = make_toy_config(tmp_path, corpus)
     config["data"]["test"] = corpus["dev"]
-    config_file = tmp_path / "base.yaml"
-    config_file.write_text(yaml.safe_dump(config))
+    config_file = write_yaml(tmp_path / "base.yaml", config)
     assert main(["compare", str(config_file), "--attention", "additive,fancy", "--output", str(tmp_path / "r")]) == 2
-    assert "fancy" in capsys.readouterr().err
+    assert "unknown attention variant(s) fancy: choose from none, dot, " in capsys.readouterr().err
     # encoder 32 x 2 = 64 = decoder 64 here; make them differ so 'dot' cannot compare them
     assert (
         main(
@@ -78,7 +88,10 @@ def test_compare_refuses_unknown_variant_and_unfit_sizes_before_training(tmp_pat
         )
         == 2
     )
-    assert "'dot' attention" in capsys.readouterr().err
+    assert (
+        "'dot' attention compares decoder and encoder states directly: set model.decoder_hidden_size (48) "
+        "to 2 x model.encoder_hidden_size (64), or use 'general' or 'additive'"
+    ) in capsys.readouterr().err
     assert not (tmp_path / "r" / "runs").exists()
 
 
@@ -99,48 +112,3 @@ def test_length_buckets_and_bleu_by_length():
     assert scores["1-10"] == pytest.approx(100.0)
     assert scores["21-30"] == pytest.approx(0.0)
     assert scores["31-40"] is None
-
-
-def test_align_writes_pharaoh_and_weights(toy_model, tmp_path: Path, capsys):
-    src_lines = toy_model["src"].read_text().splitlines()[:5]
-    ref_lines = toy_model["ref"].read_text().splitlines()[:5]
-    src, tgt = write_lines(tmp_path / "a.es", src_lines), write_lines(tmp_path / "a.en", ref_lines)
-    prefix = tmp_path / "out" / "toy"
-    assert (
-        main(["align", str(toy_model["checkpoint"]), "--src", str(src), "--tgt", str(tgt), "--output", str(prefix)])
-        == 0
-    )
-    alignments = Path(f"{prefix}.align").read_text().splitlines()
-    assert len(alignments) == 5
-    weights = np.load(f"{prefix}.npz")
-    for n, (line, source, target) in enumerate(zip(alignments, src_lines, ref_lines)):
-        links = [tuple(map(int, link.split("-"))) for link in line.split()]
-        assert sorted(j for _, j in links) == list(range(len(target.split())))  # each output word once
-        assert all(0 <= i < len(source.split()) for i, _ in links)
-        matrix = weights[f"weights_{n}"]
-        assert matrix.shape == (len(weights[f"tgt_pieces_{n}"]) + 1, len(weights[f"src_pieces_{n}"]) + 1)
-        np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
-    # The toy model translates word for word in order: most links are on the diagonal.
-    diagonal = sum(i == j for line in alignments for i, j in (map(int, x.split("-")) for x in line.split()))
-    total = sum(len(line.split()) for line in alignments)
-    assert diagonal / total > 0.5
-
-
-def test_align_refuses_misaligned_input(toy_model, tmp_path: Path, capsys):
-    src, tgt = write_lines(tmp_path / "a.es", ["uno dos"]), write_lines(tmp_path / "a.en", [])
-    assert (
-        main(
-            [
-                "align",
-                str(toy_model["checkpoint"]),
-                "--src",
-                str(src),
-                "--tgt",
-                str(tgt),
-                "--output",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )
-    assert "misaligned" in capsys.readouterr().err

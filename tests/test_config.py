@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import write_yaml
 
 from seq2seq.config import (
     Config,
@@ -31,12 +31,6 @@ def with_value(dotted: str, value) -> dict:
         node = node.setdefault(section, {})
     node[key] = value
     return data
-
-
-def write_yaml(tmp_path: Path, data, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def test_defaults_plus_an_end_are_valid():
@@ -174,11 +168,11 @@ def test_a_config_that_is_not_a_mapping_is_rejected(tmp_path: Path):
     with pytest.raises(ConfigError, match="mapping of sections"):
         config_from_dict([1, 2])
     with pytest.raises(ConfigError, match=r"config file .*list\.yaml must hold a mapping"):
-        load_config(write_yaml(tmp_path, [1, 2], "list.yaml"))
+        load_config(write_yaml(tmp_path / "list.yaml", [1, 2]))
 
 
 def test_overrides_are_applied_and_checked(tmp_path: Path):
-    path = write_yaml(tmp_path, BASE)
+    path = write_yaml(tmp_path / "config.yaml", BASE)
     config = load_config(path, ["train.lr=0.01", "model.attention.type=dot", "model.decoder_hidden_size=512"])
     assert config.train.lr == 0.01
     assert config.model.attention.type == "dot"

@@ -1,4 +1,5 @@
-"""Reading corpora, the encoded-corpus cache, token-bucket batching and collation."""
+"""Parallel corpora (seq2seq/data.py): reading and aligning files, the encoded-corpus cache, token-bucket
+batching and collation. Reading one text file is tested in test_textfiles.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_lines
+from helpers import write_lines
 
 from seq2seq.data import (
     EncodedCorpus,
@@ -18,7 +19,6 @@ from seq2seq.data import (
     encode_and_filter,
     file_digest,
     load_training_corpus,
-    read_lines,
     read_parallel,
     split_to_multiple,
 )
@@ -52,13 +52,6 @@ def test_missing_corpus_file(tmp_path: Path):
         read_parallel(str(tmp_path / "c"), "es", "en")
 
 
-def test_invalid_utf8_names_the_file_and_line(tmp_path: Path):
-    path = tmp_path / "bad.es"
-    path.write_bytes(b"uno\ndos\ntr\xe9s\ncuatro\n")
-    with pytest.raises(UserError, match=rf"{path}, line 3: not valid UTF-8 \(byte 3\)"):
-        read_lines(path)
-
-
 def test_gzip_corpus_is_read_like_plain_text(tmp_path: Path, tiny_corpus):
     plain_src, plain_tgt, _ = read_parallel(tiny_corpus["train"], "es", "en")
     for lang in ("es", "en"):
@@ -67,19 +60,6 @@ def test_gzip_corpus_is_read_like_plain_text(tmp_path: Path, tiny_corpus):
     src, tgt, paths = read_parallel(str(tmp_path / "zipped"), "es", "en")
     assert (src, tgt) == (plain_src, plain_tgt)
     assert [p.name for p in paths] == ["zipped.es.gz", "zipped.en.gz"]
-
-
-def test_corrupt_gzip_is_a_user_error(tmp_path: Path):
-    path = tmp_path / "broken.es.gz"
-    path.write_bytes(gzip.compress(b"uno\ndos\n")[:-12])
-    with pytest.raises(UserError, match=rf"cannot read {path}"):
-        read_lines(path)
-
-
-def test_windows_line_endings_and_missing_final_newline(tmp_path: Path):
-    path = tmp_path / "crlf.es"
-    path.write_bytes(b"uno\r\ndos\r\n\r\ntres")
-    assert read_lines(path) == ["uno", "dos", "", "tres"]
 
 
 # --- encoding and the cache ------------------------------------------------------------------

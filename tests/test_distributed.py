@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import make_toy_config, write_toy_corpus
+from helpers import make_toy_config, write_toy_corpus, write_yaml
 
 from seq2seq.config import config_from_dict
 from seq2seq.train import train
+
+pytestmark = pytest.mark.slow  # each test launches torchrun: two training processes
 
 
 def two_process_config(tmp_path: Path, run: str) -> dict:
@@ -60,7 +61,7 @@ GLOO_ABORT = "terminate called without an active exception"
 
 
 def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
-    config_file.write_text(yaml.safe_dump(config))
+    write_yaml(config_file, config)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable,

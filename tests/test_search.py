@@ -3,14 +3,15 @@ true (length-normalised) log-probabilities, attention is well formed, padding ne
 
 from __future__ import annotations
 
-import random
+import itertools
 
 import pytest
 import torch
-from conftest import TOY_ES
+from helpers import toy_sentence
 from torch.nn.utils.rnn import pad_sequence
 
-from seq2seq.model import load_trained
+from seq2seq.config import ModelConfig
+from seq2seq.model import Seq2Seq, load_trained
 from seq2seq.search import Hypothesis, beam_search, decode_lines, greedy_search, length_penalty, max_output_lengths
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -27,11 +28,6 @@ def trained(toy_model):
         "train_src": toy_model["src"].read_text().splitlines(),
         "train_ref": toy_model["ref"].read_text().splitlines(),
     }
-
-
-def toy_sentence(words: int, seed: int) -> str:
-    rng = random.Random(seed)
-    return " ".join(rng.choice(TOY_ES) for _ in range(words))
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +94,50 @@ def test_n_best_lists_are_sorted_and_complete(trained, mixed, n_best):
         assert len({tuple(h.ids) for h in hypotheses}) == n_best  # distinct hypotheses
 
 
-def test_beam_search_finds_at_least_the_greedy_score(trained, mixed):
-    """With alpha 0 the beam's best log-probability can only be as good as greedy's or better."""
-    src, lengths = as_batch(trained["tokenizer"], mixed)
-    greedy = greedy_search(trained["model"], src, lengths)
-    beam = beam_search(trained["model"], src, lengths, beam_size=5, alpha=0.0)
-    for g, (b,) in zip(greedy, beam):
-        assert b.score >= g.score - ATOL
+def tiny_untrained_model() -> Seq2Seq:
+    """An untrained model with 6 target pieces (the 4 specials and 2 words), its output layer sharpened."""
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_size=8, encoder_hidden_size=8, decoder_hidden_size=16, dropout=0.0)
+    model = Seq2Seq(config, src_vocab_size=6, tgt_vocab_size=6).eval()
+    with torch.no_grad():
+        model.decoder.output.weight.mul_(10.0)  # clear preferences: no near-ties between outputs
+    return model
+
+
+def test_a_beam_as_wide_as_the_search_space_is_exact():
+    """A beam that holds every possible output prunes nothing: its n-best list is all of them, ranked by
+    their true log-probability (alpha 0), so it finds the most probable output and beats greedy search.
+
+    (With a narrower beam neither is guaranteed: the greedy prefix can fall out of the beam, and the beam's
+    best can then score below greedy's. Beam size 1 equal to greedy is tested above.)
+    """
+    model = tiny_untrained_model()
+    src, lengths = torch.tensor([[4, 5, 4, EOS_ID]]), torch.tensor([4])
+    limit = int(max_output_lengths(lengths, 0.01))  # 5 pieces, EOS included
+    pieces = [i for i in range(6) if i not in (PAD_ID, EOS_ID)]  # what search may emit before EOS: UNK, BOS, 4, 5
+    outputs = [list(ids) for n in range(limit) for ids in itertools.product(pieces, repeat=n)]
+    assert len(outputs) == 1 + 4 + 16 + 64 + 256
+    # Every output scored by teacher forcing, all at once: log P(ids + EOS | src).
+    tgt_in = torch.tensor([[BOS_ID] + ids + [PAD_ID] * (limit - 1 - len(ids)) for ids in outputs])
+    batch = len(outputs)
+    with torch.no_grad():
+        attentional, _ = model(src.expand(batch, -1), lengths.expand(batch), (src != PAD_ID).expand(batch, -1), tgt_in)
+        log_probs = torch.log_softmax(model.decoder.logits(attentional).float(), dim=-1)
+    exact = {}
+    for row, ids in enumerate(outputs):
+        target = ids + [EOS_ID]
+        exact[tuple(ids)] = float(log_probs[row, torch.arange(len(target)), target].sum())
+    ranked = sorted(exact, key=exact.get, reverse=True)
+    assert exact[ranked[0]] - exact[ranked[1]] > 0.01  # a clear winner: the comparison below is not a coin toss
+
+    (found,) = beam_search(model, src, lengths, beam_size=batch, alpha=0.0, max_output_ratio=0.01, n_best=batch)
+    assert sorted(tuple(h.ids) for h in found) == sorted(exact)  # each possible output once
+    for h in found:
+        assert h.score == h.log_prob == pytest.approx(exact[tuple(h.ids)], abs=ATOL)
+    assert tuple(found[0].ids) == ranked[0]
+    (greedy,) = greedy_search(model, src, lengths, max_output_ratio=0.01)
+    assert greedy.score == pytest.approx(exact[tuple(greedy.ids)], abs=ATOL)
+    assert found[0].score >= greedy.score - ATOL
 
 
 def test_batched_greedy_search_equals_one_sentence_at_a_time(trained, mixed):

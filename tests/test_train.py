@@ -1,30 +1,41 @@
-"""End to end: training learns, writes its run directory, reproduces, resumes; the CLI fails cleanly."""
+"""Training (seq2seq/train.py): a run learns, writes its run directory, reproduces, resumes exactly,
+refuses a changed config, skips non-finite updates and stops cleanly when it diverges."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import make_toy_config, write_lines, write_toy_corpus
+from helpers import (
+    LOG_LINE,
+    TOY_VOCAB,
+    assert_same_weights,
+    make_toy_config,
+    regularised_toy_config,
+    toy_pairs,
+    write_config,
+    write_lines,
+    write_parallel,
+    write_toy_corpus,
+)
 
 from seq2seq.attention import ATTENTION_TYPES
-from seq2seq.checkpoint import save_checkpoint
+from seq2seq.checkpoint import load_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import config_from_dict, load_config
-from seq2seq.data import collate
+from seq2seq.data import EncodedCorpus, ParallelDataset, collate
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
 from seq2seq.model import load_trained
 from seq2seq.plots import read_jsonl
 from seq2seq.search import decode_lines
-from seq2seq.train import Trainer, train
+from seq2seq.tokenizer import UNK_ID
+from seq2seq.train import MAX_BAD_STEPS_IN_A_ROW, Trainer, sequence_loss, train
 
 OVERFIT_STEPS = 80  # BLEU 100 by step 50-60 for every seed tried; 80 leaves a margin (about 2 s)
 
@@ -69,8 +80,15 @@ def test_run_directory_holds_every_artefact(toy_run):
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [OVERFIT_STEPS // 2, OVERFIT_STEPS]
-    assert all(0 <= m["dev_bleu"] <= 100 and m["dev_loss"] >= 0 for m in metrics)
-    assert max(m["dev_bleu"] for m in metrics) == toy_run["summary"]["best_dev_bleu"]
+    # The dev set is the training set: memorised by the end, and better predicted at each validation.
+    assert metrics[-1]["dev_bleu"] == pytest.approx(100.0)
+    assert metrics[1]["dev_loss"] < metrics[0]["dev_loss"] and metrics[-1]["dev_loss"] < 0.05
+    assert all(m["dev_ppl"] == pytest.approx(math.exp(m["dev_loss"])) for m in metrics)
+    # best.pt is the first validation with the highest dev BLEU (a tie is no improvement)
+    best = max(m["dev_bleu"] for m in metrics)
+    assert best == toy_run["summary"]["best_dev_bleu"]
+    assert toy_run["summary"]["best_step"] == next(m["step"] for m in metrics if m["dev_bleu"] == best)
+    assert torch.load(run_dir / "best.pt", weights_only=True)["step"] == toy_run["summary"]["best_step"]
 
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in run_dir.glob("step-*.pt")] == [f"step-{OVERFIT_STEPS:07d}.pt"]  # keep_checkpoints: 1
@@ -111,33 +129,22 @@ def test_every_model_variant_trains_and_validates(tiny_config, model):
     losses = [p["train_loss"] for p in read_jsonl(run_dir / "progress.jsonl")]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
-    assert summary["best_dev_bleu"] >= 0 and (run_dir / "best.pt").is_file()
+    # The one validation (at the end) is the best so far: summary, metrics.jsonl and best.pt agree on it.
+    (record,) = read_jsonl(run_dir / "metrics.jsonl")
+    assert record["step"] == 6 and summary["best_step"] == 6
+    assert summary["best_dev_bleu"] == record["dev_bleu"]
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["step"] == 6 and best["best_bleu"] == record["dev_bleu"]
+    # The dev set too is better predicted than by a uniform guess over the 300 pieces.
+    assert math.isfinite(record["dev_loss"]) and record["dev_loss"] < math.log(300)
 
 
 # --- reproducibility and resume --------------------------------------------------------------------
 
 
-def regularised_toy_config(directory: Path, corpus: dict, run: str, max_steps: int, seed: int = 42) -> dict:
-    """Dropout and label smoothing on, so every random number generator matters; no dev set (fast)."""
-    config = make_toy_config(directory, corpus)
-    config["model"]["dropout"] = 0.3
-    config["data"]["dev"] = None
-    config["data"]["cache_dir"] = str(directory / f"cache-{run}")  # nothing shared between runs
-    config["train"].update(
-        run_dir=str(directory / run), max_steps=max_steps, validate_every=4, log_every=1, label_smoothing=0.1, seed=seed
-    )
-    return config
-
-
 def losses_and_weights(run_dir: Path) -> tuple[list[float], dict]:
     losses = [p["train_loss"] for p in read_jsonl(run_dir / "progress.jsonl")]
     return losses, torch.load(run_dir / "last.pt", weights_only=True)["model"]
-
-
-def assert_same_weights(first: dict, second: dict) -> None:
-    assert first.keys() == second.keys()
-    for key, tensor in first.items():
-        assert torch.equal(tensor, second[key]), f"{key} differs"
 
 
 def test_same_config_and_seed_reproduce_exactly(tmp_path: Path):
@@ -202,112 +209,6 @@ def test_failed_run_leaves_no_log_handler_behind(tmp_path: Path, tiny_config):
     assert leftovers == []
 
 
-# --- the command line -----------------------------------------------------------------------------
-
-
-def write_config(tmp_path: Path, data: dict) -> str:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return str(path)
-
-
-def misaligned(tmp_path: Path, config: dict) -> list[str]:
-    write_lines(Path(f"{config['data']['train']}.en"), ["only one line"])
-    return ["train", write_config(tmp_path, config)]
-
-
-def existing_run(tmp_path: Path, config: dict) -> list[str]:
-    save_checkpoint({"step": 3}, Path(config["train"]["run_dir"]) / "last.pt")
-    return ["train", write_config(tmp_path, config)]
-
-
-def unknown_key(tmp_path: Path, config: dict) -> list[str]:
-    config["train"]["lrr"] = 0.01
-    return ["train", write_config(tmp_path, config)]
-
-
-def wrong_type(tmp_path: Path, config: dict) -> list[str]:
-    config["model"]["embedding_size"] = "big"
-    return ["train", write_config(tmp_path, config)]
-
-
-CLI_ERRORS = {
-    "unknown key": (unknown_key, "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
-    "wrong type": (wrong_type, "config key 'model.embedding_size' must be an integer, got 'big'"),
-    "bad --set": (
-        lambda tmp_path, config: ["train", write_config(tmp_path, config), "--set", "model.dropout=1.5"],
-        "config key 'model.dropout' must be in [0, 1), got 1.5",
-    ),
-    "missing config file": (lambda tmp_path, config: ["train", str(tmp_path / "nope.yaml")], "config file not found"),
-    "misaligned corpus": (misaligned, "misaligned corpus: "),
-    "existing run": (existing_run, "already holds a run: add --resume"),
-    "nothing to resume": (
-        lambda tmp_path, config: ["train", write_config(tmp_path, config), "--resume"],
-        "nothing to resume",
-    ),
-    "info on a bad file": (
-        lambda tmp_path, config: ["info", config["data"]["train"] + ".es"],
-        "corpus/train.es",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
-def test_cli_user_errors_print_one_line_and_exit_2(tmp_path: Path, tiny_config, capsys, case: str):
-    make_args, expected = CLI_ERRORS[case]
-    args = make_args(tmp_path, tiny_config)
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("seq2seq: error: ")
-    assert expected in lines[0]
-    assert captured.out == ""
-    assert not (Path(tiny_config["train"]["run_dir"]) / "best.pt").exists()
-
-
-def test_cli_trains_and_logs(tmp_path: Path, toy_config, capsys):
-    toy_config["train"].update(max_steps=4, validate_every=2)
-    config = write_config(tmp_path, toy_config)
-    assert main(["train", config]) == 0
-    run_dir = Path(toy_config["train"]["run_dir"])
-    log = (run_dir / "train.log").read_text()
-    assert "Validation at step 2" in log and "Validation at step 4" in log and "Finished" in log
-    assert "Finished" in capsys.readouterr().err  # the console log
-
-    assert main(["train", config]) == 2  # the run exists ...
-    assert main(["train", config, "--force", "--set", "train.max_steps=2"]) == 0  # ... --force starts over
-    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [2]
-    assert main(["train", config, "--resume", "--set", "train.max_steps=4"]) == 0
-    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [2, 4]
-
-
-def test_cli_info_shows_a_checkpoint(toy_run, capsys):
-    assert main(["info", str(toy_run["run_dir"] / "best.pt")]) == 0
-    shown = json.loads(capsys.readouterr().out)
-    assert shown["step"] == toy_run["summary"]["best_step"]
-    assert shown["best_bleu"] == toy_run["summary"]["best_dev_bleu"]
-    assert shown["config"]["model"]["embedding_size"] == 32
-    assert shown["run"]["versions"]["torch"] == torch.__version__
-
-
-def test_cli_subprocess_user_error_has_no_traceback(tmp_path: Path, tiny_config):
-    config = write_config(tmp_path, {**tiny_config, "model": {**tiny_config["model"], "hiden": 3}})
-    result = subprocess.run(
-        [sys.executable, "-m", "seq2seq", "train", config],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("seq2seq: error: unknown config key 'model.hiden'")
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_with_autocast(toy_config, precision: str):
     toy_config["train"].update(precision=precision, max_steps=30, validate_every=30)
@@ -359,4 +260,132 @@ def test_resume_survives_a_half_written_record_and_refuses_another_model(toy_con
     config_file = write_config(run_dir.parent, {**toy_config, "model": {**toy_config["model"], "embedding_size": 16}})
     assert main(["train", config_file, "--resume", "--force"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("seq2seq: error: ") and "different model" in error
+    assert error.startswith(f"seq2seq: error: {run_dir / 'last.pt'} holds a different model or optimizer (")
+    assert error.endswith("): start this config in a new run directory instead of resuming")
+
+
+def test_resume_of_another_configs_run_goes_ahead_with_force(tmp_path: Path, toy_config, capfd):
+    toy_config["train"].update(max_steps=2, validate_every=2)
+    train(config_from_dict(toy_config))
+    toy_config["train"].update(lr=0.02, max_steps=3)
+    config = write_config(tmp_path, toy_config)
+    assert main(["train", config, "--resume"]) == 2
+    assert "holds a run of a different config" in capfd.readouterr().err
+    assert main(["train", config, "--resume", "--force"]) == 0
+    run_dir = Path(toy_config["train"]["run_dir"])
+    assert f"Resumed {run_dir} at step 2 " in capfd.readouterr().err
+    assert load_checkpoint(run_dir / "last.pt")["config"]["train"]["lr"] == 0.02
+
+
+# --- numerical faults --------------------------------------------------------------------------------
+
+
+def test_non_finite_batches_are_skipped_and_counted(tmp_path: Path, caplog):
+    src, tgt = toy_pairs(30)
+    src[0] += " raro"  # the only sentence with this word; its embedding will be NaN
+    corpus = {"train": write_parallel(tmp_path / "nan" / "train", src, tgt), "dev": None}
+    data = make_toy_config(tmp_path, corpus)
+    data["tokenizer"]["vocab_size"] = TOY_VOCAB + 1
+    data["train"].update(max_steps=9, validate_every=9)
+    trainer = Trainer(config_from_dict(data))
+    try:
+        raro = trainer.tokenizer.src.piece_to_id("▁raro")
+        assert raro != UNK_ID
+        with torch.no_grad():
+            trainer.model.encoder.embedding.weight[raro] = float("nan")
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        batches = [b for epoch in range(9) for b in trainer.sampler.rank_batches(epoch)][:9]
+        bad_steps = [step for step, batch in enumerate(batches, start=1) if 0 in batch]
+        assert 2 <= len(bad_steps) < 9
+        summary = trainer.run()
+    finally:
+        trainer.close()
+    assert summary["steps"] == 9 and summary["stop_reason"] == "reached train.max_steps (9)"
+    assert summary["skipped_updates"] == len(bad_steps)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_updates"] == len(bad_steps)
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert warnings == [
+        f"Step {step}: non-finite loss or gradient, update skipped ({count} so far)"
+        for count, step in enumerate(bad_steps, start=1)
+    ]
+    progress = read_jsonl(tmp_path / "run" / "progress.jsonl")
+    assert [p["step"] for p in progress] == [s for s in range(1, 10) if s not in bad_steps]
+    assert all(torch.isfinite(torch.tensor(p["train_loss"])) for p in progress)
+    # The good steps trained; the NaN stayed where it was and spread nowhere.
+    weights = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert not torch.equal(weights["decoder.embedding.weight"], before["decoder.embedding.weight"])
+    embedding = weights["encoder.embedding.weight"]
+    assert embedding[raro].isnan().all()
+    embedding[raro] = 0.0
+    assert all(tensor.isfinite().all() for tensor in weights.values()), "NaN spread into the weights"
+
+
+DIVERGE = ["--set", "train.lr=1e38", "--set", "train.clip_grad_norm=null", "--set", "train.max_steps=100"]
+
+
+def test_divergence_stops_with_one_line_naming_the_last_checkpoint(tmp_path: Path, toy_config, capfd):
+    toy_config["train"].update(max_steps=4, validate_every=4)
+    config = write_config(tmp_path, toy_config)
+    run_dir = Path(toy_config["train"]["run_dir"])
+    assert main(["train", config]) == 0
+    capfd.readouterr()
+    # An absurd learning rate (allowed by --force on resume): one update to weights near the float32
+    # limit, then every loss overflows.
+    assert main(["train", config, "--resume", "--force", *DIVERGE]) == 2
+    captured = capfd.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert "Traceback" not in captured.err
+    assert [line for line in lines if line.startswith("seq2seq: error:")] == [lines[-1]]
+    assert lines[-1] == (
+        f"seq2seq: error: {MAX_BAD_STEPS_IN_A_ROW} updates in a row had a non-finite loss or gradient: the run "
+        f"diverged; lower train.lr or set train.clip_grad_norm (last good checkpoint: {run_dir / 'last.pt'})"
+    )
+    skipped = [line for line in lines if "update skipped" in line]
+    assert len(skipped) == MAX_BAD_STEPS_IN_A_ROW and f"({MAX_BAD_STEPS_IN_A_ROW} so far)" in skipped[-1]
+    assert all(LOG_LINE.match(line) for line in lines[:-1])
+    load_trained(run_dir / "last.pt")  # still a whole, loadable checkpoint
+
+
+def test_last_good_checkpoint_of_a_divergence_is_good(tmp_path: Path, toy_config):
+    toy_config["train"].update(max_steps=4, validate_every=4)
+    train(config_from_dict(toy_config))
+    diverging = {**toy_config, "train": {**toy_config["train"], "lr": 1e38, "clip_grad_norm": None, "max_steps": 100}}
+    with pytest.raises(UserError, match="last good checkpoint"):
+        train(config_from_dict(diverging), resume=True, force=True)
+    path = Path(toy_config["train"]["run_dir"]) / "last.pt"
+    payload = load_checkpoint(path)
+    assert payload["training_state"]["consecutive_bad"] == 0, f"saved at step {payload['step']}, inside the streak"
+    model, tokenizer, _, _ = load_trained(path)
+    prefix = toy_config["data"]["train"]
+    src = tokenizer.encode_src(Path(f"{prefix}.es").read_text().splitlines())
+    tgt = tokenizer.encode_tgt(Path(f"{prefix}.en").read_text().splitlines())
+    dataset = ParallelDataset(EncodedCorpus.from_lists(src, tgt))
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        assert sequence_loss(model, batch).isfinite()
+
+
+def test_resume_log_of_a_run_without_dev_set_claims_no_bleu(tmp_path: Path, toy_config, caplog):
+    toy_config["data"]["dev"] = None
+    toy_config["train"].update(max_steps=2, validate_every=2)
+    train(config_from_dict(toy_config))
+    toy_config["train"]["max_steps"] = 3
+    train(config_from_dict(toy_config), resume=True)
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resumed")]
+    assert len(resumed) == 1 and "at step 2" in resumed[0]
+    assert "BLEU" not in resumed[0], resumed[0]
+
+
+def test_resume_from_a_weights_only_checkpoint_is_a_user_error(tmp_path: Path, toy_config, capfd):
+    toy_config["train"].update(max_steps=2, validate_every=2)
+    config = write_config(tmp_path, toy_config)
+    assert main(["train", config]) == 0
+    run_dir = Path(toy_config["train"]["run_dir"])
+    shutil.copyfile(run_dir / "best.pt", run_dir / "last.pt")  # "start again from the best one"
+    capfd.readouterr()
+    assert main(["train", config, "--resume", "--set", "train.max_steps=4"]) == 2
+    error = capfd.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"seq2seq: error: {run_dir / 'last.pt'} holds no training state (optimizer, schedule, training_state, rng "
+        "missing): it cannot be resumed from; start a new run, or restore the last.pt the run wrote"
+    )
