@@ -50,8 +50,12 @@ DECODE_FLAGS = ("beam", "alpha", "max_output_ratio", "batch_tokens", "max_src_le
 
 def _decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding options given on the command line (the rest come from the checkpoint's decode section)."""
+    from seq2seq.config import DecodeConfig, decode_with
+
     names = DECODE_FLAGS + (("n_best",) if hasattr(args, "n_best") else ())
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    decode_with(DecodeConfig(), overrides)  # a bad flag is reported before any checkpoint is read
+    return overrides
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -133,7 +133,7 @@ def evaluate_variant(
     found = decode_lines(trained.model, tokenizer, sources, device, options)
     seconds = time.perf_counter() - started
     texts = [tokenizer.decode_tgt(best[0].ids) for best in found]
-    (heatmap_dir.parent / f"test.{variant}.hyp").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    run_dir.test_hypotheses.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     for number, index in enumerate(heatmap_indices, start=1):
         hypothesis = found[index][0]
         plot_attention(

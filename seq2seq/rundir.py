@@ -5,6 +5,7 @@
     curves.png       the training curves          summary.json     the final summary
     last.pt          the resume point             best.pt          the best dev BLEU
     step-NNNNNNN.pt  the latest validations       spm.*.model      the SentencePiece model(s)
+    test.hyp         compare's test translations
 
 `RunDir` also does the checks on starting or resuming a run there, the JSON-lines records
 (append, read, truncate after a crash) and attaching the run's log file.
@@ -38,6 +39,7 @@ class RunDir:
         self.summary = self.path / "summary.json"
         self.last = self.path / "last.pt"
         self.best = self.path / "best.pt"
+        self.test_hypotheses = self.path / "test.hyp"  # written by `seq2seq compare`
 
     def __str__(self) -> str:
         return str(self.path)

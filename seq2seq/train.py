@@ -371,6 +371,15 @@ def _groups_of(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
 
 def train(config: Config, resume: bool = False, force: bool = False, argv: list[str] | None = None) -> dict:
     """Run one training experiment from `config`; returns the summary dict."""
+    with prepared_run(config, resume, force, argv) as trainer:
+        return trainer.run()
+
+
+@contextlib.contextmanager
+def prepared_run(
+    config: Config, resume: bool = False, force: bool = False, argv: list[str] | None = None
+) -> Iterator[Trainer]:
+    """A Trainer with every part of the run built; afterwards the run's log is detached and the process group left."""
     group, device = builders.create_process_group(config)
     run_dir = RunDir(config.train.run_dir)
     log_handler = None
@@ -384,8 +393,7 @@ def train(config: Config, resume: bool = False, force: bool = False, argv: list[
         if group.is_main:
             run_dir.prepare(config, resume)
             log_handler = run_dir.attach_log()
-        trainer = _build_trainer(config, group, device, run_dir, resumed, argv if argv is not None else sys.argv)
-        return trainer.run()
+        yield _build_trainer(config, group, device, run_dir, resumed, argv if argv is not None else sys.argv)
     finally:
         detach_log(log_handler)  # a failed set-up leaves no log handler behind
         shutdown(group)

@@ -104,10 +104,9 @@ def toy_model(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def translator(toy_model):
     """The toy model with the default decoding options (beam 5)."""
-    from seq2seq.evaluate import DecodeOptions
     from seq2seq.translate import Translator
 
-    return Translator(str(toy_model["checkpoint"]), DecodeOptions(), device="cpu")
+    return Translator(str(toy_model["checkpoint"]), device="cpu")
 
 
 @pytest.fixture(scope="module")

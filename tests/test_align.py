@@ -1,12 +1,14 @@
-"""`seq2seq align`: word alignments and attention weights from forced decoding of given translations."""
+"""Word alignments from attention: pieces to words, hard alignments, and `seq2seq align` (forced decoding)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from helpers import write_lines
 
+from seq2seq.align import pharaoh, word_alignment, word_spans
 from seq2seq.cli import main
 
 
@@ -56,3 +58,35 @@ def test_align_refuses_misaligned_input(toy_model, tmp_path: Path, capsys):
         f"seq2seq: error: misaligned input: {src} has 1 lines but {tgt} has 0; "
         "line i of one must translate line i of the other\n"
     )
+
+
+def test_word_spans_group_pieces_into_words():
+    assert word_spans(["▁the", "▁ca", "t", "s", "▁sat"]) == [0, 1, 1, 1, 2]
+    assert word_spans(["un", "▁word"]) == [0, 1]  # a first piece without '▁' still starts word 0
+    assert word_spans(["▁", "x", "▁y"]) == [0, 0, 1]
+    assert word_spans([]) == []
+
+
+def test_word_alignment_of_identity_and_permutation_weights():
+    pieces = ["▁a", "▁b", "▁c", "▁d"]
+    assert word_alignment(pieces, ["▁w", "▁x", "▁y", "▁z"], torch.eye(4)) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    permutation = [2, 0, 3, 1]
+    weights = torch.full((4, 4), 0.05)
+    weights[torch.arange(4), torch.tensor(permutation)] = 0.85
+    assert word_alignment(pieces, ["▁w", "▁x", "▁y", "▁z"], weights) == [(2, 0), (0, 1), (3, 2), (1, 3)]
+    assert pharaoh(word_alignment(pieces, ["▁w", "▁x", "▁y", "▁z"], weights)) == "2-0 0-1 3-2 1-3"
+
+
+def test_word_alignment_sums_source_pieces_and_pools_output_pieces():
+    src = ["▁ab", "c", "▁d"]  # two source words: pieces 0-1 and piece 2
+    out = ["▁x", "▁y", "z"]  # two output words: piece 0 and pieces 1-2
+    weights = torch.tensor(
+        [
+            [0.3, 0.3, 0.4],  # piece 2 is the single most attended piece, but word 0 has 0.6
+            [0.9, 0.0, 0.1],  # alone, '▁y' points at word 0 ...
+            [0.0, 0.0, 1.0],  # ... and 'z' at word 1; together (0.9 vs 1.1) the word points at word 1
+        ]
+    )
+    assert word_alignment(src, out, weights) == [(0, 0), (1, 1)]
+    assert word_alignment([], out, torch.zeros(3, 0)) == [] and word_alignment(src, [], torch.zeros(0, 3)) == []
+    assert pharaoh([]) == ""

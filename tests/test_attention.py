@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
+from torch import Tensor
 
-from seq2seq.attention import ATTENTION_TYPES, check_attention_config
-from seq2seq.config import AttentionConfig, ModelConfig
+from seq2seq.attention import ATTENTION_TYPES, DotAttention, LocationOptions, register
+from seq2seq.config import ConfigError, config_from_dict
 from seq2seq.errors import UserError
+from seq2seq.model import Seq2Seq
 
 SIZE = 16  # query size == key size, so that dot and scaled_dot apply too
 LENGTHS = [5, 3, 1]  # different source lengths: rows 1 and 2 have padding
@@ -17,7 +21,9 @@ QUERY_INDEPENDENT = {"none"}
 
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return ATTENTION_TYPES[name](SIZE, SIZE, heads=4, max_source_length=8)
+    variant = ATTENTION_TYPES[name]
+    options = LocationOptions(max_source_length=8) if name == "location" else variant.options_type()
+    return variant(SIZE, SIZE, options)
 
 
 def inputs(query_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,39 +93,44 @@ def test_query_steps_are_independent(name: str):
 
 
 def test_location_attention_gives_no_weight_beyond_its_maximum_length():
-    module = ATTENTION_TYPES["location"](SIZE, SIZE, max_source_length=3)
+    module = ATTENTION_TYPES["location"](SIZE, SIZE, LocationOptions(max_source_length=3))
     states, mask = torch.randn(2, 6, SIZE), torch.ones(2, 6, dtype=torch.bool)
     _, weights = attend(module, torch.randn(2, 2, SIZE), states, mask)
     assert torch.all(weights[..., 3:] == 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2))
 
 
-def model_config(attention: str, encoder_hidden: int = 32, decoder_hidden: int = 64, heads: int = 4) -> ModelConfig:
-    return ModelConfig(
-        encoder_hidden_size=encoder_hidden,
-        decoder_hidden_size=decoder_hidden,
-        attention=AttentionConfig(type=attention, heads=heads),
-    )
+def model_config(attention: str, encoder_hidden: int = 32, decoder_hidden: int = 64, **options) -> dict:
+    """A whole config dict whose model has this attention (and options) and these sizes."""
+    return {
+        "train": {"max_steps": 1},
+        "model": {
+            "encoder_hidden_size": encoder_hidden,
+            "decoder_hidden_size": decoder_hidden,
+            "attention": {"type": attention, **options},
+        },
+    }
 
 
-def test_check_attention_config_accepts_every_registered_type_with_fitting_sizes(name: str):
-    check_attention_config(model_config(name))  # 2 x 32 == 64: fits dot too
+def test_every_registered_type_with_fitting_sizes_is_accepted(name: str):
+    config = config_from_dict(model_config(name))  # 2 x 32 == 64: fits dot too
+    assert isinstance(config.model.attention.options, ATTENTION_TYPES[name].options_type)
 
 
 @pytest.mark.parametrize("attention", ["dot", "scaled_dot"])
-def test_check_attention_config_rejects_dot_with_mismatched_sizes(attention: str):
+def test_dot_with_mismatched_sizes_is_refused(attention: str):
     with pytest.raises(UserError, match=r"model\.decoder_hidden_size \(48\).*2 x model\.encoder_hidden_size \(64\)"):
-        check_attention_config(model_config(attention, decoder_hidden=48))
+        config_from_dict(model_config(attention, decoder_hidden=48))
 
 
-def test_check_attention_config_rejects_unknown_type():
-    with pytest.raises(UserError, match=r"model\.attention\.type.*additive.*'bahdanau'"):
-        check_attention_config(model_config("bahdanau"))
+def test_an_unknown_type_is_refused_with_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"model\.attention\.type.*additive.*'bahdanau'"):
+        config_from_dict(model_config("bahdanau"))
 
 
-def test_check_attention_config_rejects_indivisible_heads():
+def test_indivisible_heads_are_refused():
     with pytest.raises(UserError, match=r"\(64\) divisible by model\.attention\.heads \(5\)"):
-        check_attention_config(model_config("multihead", heads=5))
+        config_from_dict(model_config("multihead", heads=5))
 
 
 def test_additive_cpu_scores_equal_the_plain_formula_values_and_gradients():
@@ -140,3 +151,47 @@ def test_additive_cpu_scores_equal_the_plain_formula_values_and_gradients():
     ):
         torch.testing.assert_close(ours, reference)
     assert torch.autograd.gradcheck(lambda q, s: attention.score(q, attention.precompute(s)), (query, states))
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaledOptions:
+    """Options of the test variant."""
+
+    factor: float = 2.0
+
+
+@pytest.fixture
+def registered_variant():
+    """A variant registered for one test, then removed again."""
+
+    @register("test_scaled", options=ScaledOptions)
+    class ScaledVariant(DotAttention):
+        def __init__(self, query_size: int, key_size: int, options: ScaledOptions):
+            super().__init__(query_size, key_size)
+            self.factor = options.factor
+
+        def score(self, query: Tensor, keys: Tensor) -> Tensor:
+            return super().score(query, keys) * self.factor
+
+    yield ScaledVariant
+    del ATTENTION_TYPES["test_scaled"]
+
+
+def test_a_registered_variant_is_one_class_selected_and_validated_by_name(registered_variant, tiny_config: dict):
+    tiny_config["model"].update(encoder_hidden_size=32, decoder_hidden_size=64)
+    tiny_config["model"]["attention"] = {"type": "test_scaled", "factor": 3.0}
+    config = config_from_dict(tiny_config)
+    model = Seq2Seq(config.model, 50, 50)
+    assert isinstance(model.decoder.attention, registered_variant) and model.decoder.attention.factor == 3.0
+    tiny_config["model"]["decoder_hidden_size"] = 32  # the dot check it inherits: sizes must match
+    with pytest.raises(UserError, match="'test_scaled' attention compares decoder and encoder states directly"):
+        config_from_dict(tiny_config)
+    tiny_config["model"]["decoder_hidden_size"] = 64
+    tiny_config["model"]["attention"] = {"type": "test_scaled", "factr": 3.0}
+    with pytest.raises(
+        UserError, match=r"unknown config key 'model.attention.factr' \(did you mean 'model.attention.factor'\?\)"
+    ):
+        config_from_dict(tiny_config)

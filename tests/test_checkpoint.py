@@ -12,7 +12,18 @@ import torch
 from helpers import NOT_A_CHECKPOINT
 
 from seq2seq import checkpoint
-from seq2seq.checkpoint import FORMAT_VERSION, KIND, load_checkpoint, save_checkpoint
+from seq2seq.checkpoint import (
+    FORMAT_VERSION,
+    KIND,
+    TrainingCheckpoint,
+    TrainingState,
+    WeightsCheckpoint,
+    load_checkpoint,
+    read_training,
+    read_weights,
+    save,
+    save_checkpoint,
+)
 from seq2seq.errors import UserError
 
 
@@ -222,3 +233,79 @@ def test_disk_full_mid_write_is_a_user_error_and_cleans_up(tmp_path: Path, monke
         monkeypatch.undo()
         assert path.read_bytes() == before  # holds even today: the rename never happens
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+# --- the schema and the migration of older formats --------------------------------------------------
+
+
+def weights_checkpoint(step: int = 3) -> WeightsCheckpoint:
+    return WeightsCheckpoint(
+        config={"name": "x"}, tokenizer={"src_model": b"a", "tgt_model": b"a"}, model={"w": torch.ones(2)}, step=step
+    )
+
+
+def test_both_kinds_round_trip_through_a_file(tmp_path: Path):
+    weights = weights_checkpoint()
+    save(weights, tmp_path / "best.pt")
+    loaded = read_weights(tmp_path / "best.pt")
+    assert loaded.step == 3 and loaded.config == {"name": "x"} and torch.equal(loaded.model["w"], torch.ones(2))
+    assert load_checkpoint(tmp_path / "best.pt")["contents"] == "weights"
+    state = TrainingState(step=3, epoch=1, skipped_updates=2, best_bleu=12.5)
+    training = TrainingCheckpoint(weights, {"state": {}, "param_groups": []}, {"plateau_scale": 1.0}, state, {"x": 1})
+    save(training, tmp_path / "last.pt")
+    resumed = read_training(tmp_path / "last.pt")
+    assert resumed.state == state and resumed.schedule == {"plateau_scale": 1.0} and resumed.weights.step == 3
+    with pytest.raises(UserError, match=r"best.pt holds no training state \(optimizer, schedule, training_state, rng"):
+        read_training(tmp_path / "best.pt")
+
+
+def test_a_checkpoint_without_weights_says_what_is_missing(tmp_path: Path):
+    save_checkpoint({"config": {}, "step": 1}, tmp_path / "odd.pt")
+    with pytest.raises(UserError, match=r"odd.pt is not a complete seq2seq checkpoint \(tokenizer, model missing\)"):
+        read_weights(tmp_path / "odd.pt")
+
+
+def format_1_payload() -> dict:
+    """A resumable checkpoint as format 1 wrote it (the keys that changed)."""
+    weights = {"embedding.weight": torch.ones(3, 2), "layer.weight": torch.ones(2, 2), "layer.bias": torch.zeros(2)}
+    return {
+        "kind": KIND,
+        "format_version": 1,
+        "config": {
+            "model": {"attention": {"type": "additive", "heads": 4, "max_source_length": 128}},
+            "train": {"lr": 0.1, "max_output_ratio": 2.0},
+        },
+        "tokenizer": {},
+        "model": weights,
+        "optimizer": {
+            "state": {0: {"exp_avg": torch.full((3, 2), 1.0)}, 2: {"exp_avg": torch.full((2,), 3.0)}},
+            "param_groups": [{"lr": 0.1, "weight_decay": 0.01, "params": [0, 1, 2]}],
+        },
+        "schedule": {},
+        "training_state": {"step": 7, "bad_steps": 2, "consecutive_bad": 1, "history": [{"step": 5}]},
+        "rng": {},
+    }
+
+
+def test_format_1_is_migrated_when_read(tmp_path: Path):
+    torch.save(format_1_payload(), tmp_path / "v1.pt")
+    payload = load_checkpoint(tmp_path / "v1.pt")
+    assert (payload["format_version"], payload["migrated_from"], payload["contents"]) == (FORMAT_VERSION, 1, "training")
+    assert payload["training_state"] == {"step": 7, "skipped_updates": 2, "skipped_in_a_row": 1}
+    assert payload["config"]["model"]["attention"] == {"type": "additive"}
+    assert (
+        payload["config"]["decode"] == {"max_output_ratio": 2.0}
+        and "max_output_ratio" not in payload["config"]["train"]
+    )
+    # One parameter group became two: weight matrices (decayed) first, then the bias; the state follows its parameter.
+    groups = payload["optimizer"]["param_groups"]
+    assert [(g["params"], g["weight_decay"]) for g in groups] == [([0, 1], 0.01), ([2], 0.0)]
+    assert torch.equal(payload["optimizer"]["state"][0]["exp_avg"], torch.full((3, 2), 1.0))
+    assert torch.equal(payload["optimizer"]["state"][2]["exp_avg"], torch.full((2,), 3.0))
+    assert read_training(tmp_path / "v1.pt").state.skipped_updates == 2
+
+
+def test_a_format_older_than_any_migration_is_refused(tmp_path: Path):
+    torch.save({"kind": KIND, "format_version": 0}, tmp_path / "v0.pt")
+    with pytest.raises(UserError, match=r"v0.pt has checkpoint format 0, older than any this seq2seq reads \(1\)"):
+        load_checkpoint(tmp_path / "v0.pt")

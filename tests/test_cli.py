@@ -25,7 +25,7 @@ from helpers import (
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import config_from_dict, config_to_dict
-from seq2seq.plots import read_jsonl
+from seq2seq.rundir import read_records as read_jsonl
 
 # --- bad inputs through the command line --------------------------------------------------------------
 #
@@ -290,12 +290,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path, dict], list[str]], list[str], bool]]
     # evaluate and info
     "evaluate --beam 0": (
         lambda tmp_path, config: ["evaluate", str(tmp_path / "best.pt"), "--beam", "0"],
-        ["--beam must be 1 or more, got 0"],
+        ["decoding option beam (--beam) must be greater than 0, got 0"],
         False,
     ),
     "evaluate --alpha -1": (
         lambda tmp_path, config: ["evaluate", str(tmp_path / "best.pt"), "--alpha", "-1"],
-        ["--alpha must be 0 or more"],
+        ["decoding option alpha (--alpha) must be 0 or more"],
         False,
     ),
     "evaluate a missing checkpoint": (

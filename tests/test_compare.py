@@ -12,7 +12,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from seq2seq.cli import main
 from seq2seq.compare import bleu_by_length, parse_budget, source_length_bucket
 from seq2seq.errors import UserError
-from seq2seq.plots import read_jsonl
+from seq2seq.rundir import read_records as read_jsonl
 
 
 def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, capsys):

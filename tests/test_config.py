@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import write_yaml
 
 from seq2seq.config import (
     Config,
     ConfigError,
+    DecodeConfig,
     config_from_dict,
     config_to_dict,
+    decode_with,
     load_config,
     parse_duration,
     save_config,
@@ -236,3 +240,108 @@ def test_parse_duration_rejects_bad_text(text: str):
 
 def test_max_time_in_a_config_is_parsed():
     assert config_from_dict({"train": {"max_time": "8m"}}).train.max_time == "8m"
+
+
+# --- the decode section and per-variant attention options ---------------------------------------
+
+
+def test_decode_section_defaults_and_overrides(tmp_path: Path, tiny_config: dict):
+    assert config_from_dict(tiny_config).decode == DecodeConfig()
+    tiny_config["decode"] = {"beam": 3, "alpha": 0.6, "max_src_length": None, "precision": "bf16"}
+    decode = config_from_dict(tiny_config).decode
+    assert (decode.beam, decode.alpha, decode.max_src_length, decode.precision) == (3, 0.6, None, "bf16")
+    assert decode.batch_tokens == DecodeConfig().batch_tokens
+
+
+@pytest.mark.parametrize(
+    ("decode", "message"),
+    [
+        ({"beam": 0}, "config key 'decode.beam' must be greater than 0, got 0"),
+        ({"alpha": -1}, "config key 'decode.alpha' must be 0 or more, got -1.0"),
+        ({"max_src_length": 1}, "config key 'decode.max_src_length' must be at least 2"),
+        ({"precision": "fp16"}, "config key 'decode.precision' must be one of 'fp32', 'bf16', got 'fp16'"),
+        ({"max_output_ratio": float("inf")}, "config key 'decode.max_output_ratio' must be a finite number"),
+        ({"beem": 2}, "unknown config key 'decode.beem' (did you mean 'decode.beam'?)"),
+    ],
+)
+def test_bad_decode_values_are_one_clear_error(tiny_config: dict, decode: dict, message: str):
+    tiny_config["decode"] = decode
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(tiny_config)
+    assert message in str(error.value)
+
+
+def test_decoding_options_given_to_a_command_name_the_flag():
+    assert decode_with(DecodeConfig(alpha=0.5), {"beam": 2, "alpha": None}) == DecodeConfig(beam=2, alpha=0.5)
+    with pytest.raises(ConfigError, match=r"decoding option beam \(--beam\) must be greater than 0, got 0"):
+        decode_with(DecodeConfig(), {"beam": 0})
+    with pytest.raises(ConfigError, match=r"decoding option n_best \(--n-best\) must be an integer, got 'two'"):
+        decode_with(DecodeConfig(), {"n_best": "two"})
+    with pytest.raises(ConfigError, match=r"unknown decoding option 'beem' \(did you mean 'beam'\?\)"):
+        decode_with(DecodeConfig(), {"beem": 2})
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_number_that_is_not_finite_is_refused(tiny_config: dict, value: str):
+    tiny_config["train"]["lr"] = yaml.safe_load(value)
+    with pytest.raises(ConfigError, match=r"config key 'train.lr' must be a finite number"):
+        config_from_dict(tiny_config)
+
+
+def test_a_moved_key_still_loads_at_its_new_place_with_a_warning(tiny_config: dict, caplog):
+    tiny_config["train"]["max_output_ratio"] = 2.0
+    with caplog.at_level(logging.WARNING, logger="seq2seq"):
+        config = config_from_dict(tiny_config, where="my.yaml")
+    assert config.decode.max_output_ratio == 2.0
+    assert "my.yaml: config key 'train.max_output_ratio' is now 'decode.max_output_ratio'" in caplog.text
+
+
+def test_each_attention_variant_takes_its_own_options(tiny_config: dict):
+    tiny_config["model"]["attention"] = {"type": "multihead", "heads": 8}
+    config = config_from_dict(tiny_config)
+    assert config.model.attention.options.heads == 8
+    assert config_to_dict(config)["model"]["attention"] == {"type": "multihead", "heads": 8}
+    assert config_from_dict(config_to_dict(config)) == config
+    tiny_config["model"]["attention"] = {"type": "location"}
+    assert config_to_dict(config_from_dict(tiny_config))["model"]["attention"] == {
+        "type": "location",
+        "max_source_length": 128,
+    }
+
+
+@pytest.mark.parametrize(
+    ("attention", "message"),
+    [
+        (
+            {"type": "additive", "heads": 4},
+            (
+                "config key 'model.attention.heads' is an option of multihead attention, not of 'additive': remove it "
+                "('additive' takes no options)"
+            ),
+        ),
+        (
+            {"type": "multihead", "max_source_length": 50},
+            (
+                "config key 'model.attention.max_source_length' is an option of location attention, not of 'multihead': "
+                "remove it ('multihead' takes heads)"
+            ),
+        ),
+        (
+            {"type": "multihead", "hedas": 2},
+            "unknown config key 'model.attention.hedas' (did you mean 'model.attention.heads'?)",
+        ),
+        ({"type": "multihead", "heads": 0}, "config key 'model.attention.heads' must be greater than 0, got 0"),
+        (
+            {"type": "multihead", "heads": 5},
+            "needs 2 x model.encoder_hidden_size (64) divisible by model.attention.heads (5)",
+        ),
+        ({"type": "multihead", "heads": "four"}, "config key 'model.attention.heads' must be an integer, got 'four'"),
+        ({"type": "location", "max_source_length": -3}, "'model.attention.max_source_length' must be greater than 0"),
+        ({"type": "cosine"}, "config key 'model.attention.type' must be one of none, dot, scaled_dot"),
+    ],
+)
+def test_attention_options_are_checked_against_the_chosen_variant(tiny_config: dict, attention: dict, message: str):
+    tiny_config["model"]["attention"] = attention
+    with pytest.raises(UserError) as error:
+        config_from_dict(tiny_config)
+    assert message in str(error.value)

@@ -11,23 +11,23 @@ import torch
 from helpers import checkpoint_copy, file_lines, one_line_error, write_lines
 from sacrebleu.metrics import BLEU, CHRF
 
-from seq2seq.checkpoint import load_checkpoint
+from seq2seq.checkpoint import load_checkpoint, load_trained
 from seq2seq.cli import main
-from seq2seq.evaluate import DecodeOptions, evaluate
-from seq2seq.model import load_trained
+from seq2seq.config import DecodeConfig
+from seq2seq.evaluate import evaluate
 from seq2seq.translate import Translator
 
 # --- evaluate --------------------------------------------------------------------------------------
 
 
 def test_evaluate_writes_hypotheses_and_a_report(toy_model, tmp_path: Path):
-    options = DecodeOptions(beam_size=3)
+    options = DecodeConfig(beam=3)
     hyp, report_path = tmp_path / "out" / "test.hyp", tmp_path / "report.json"
     report = evaluate(
         str(toy_model["checkpoint"]),
         src=str(toy_model["src"]),
         ref=str(toy_model["ref"]),
-        options=options,
+        decode={"beam": 3},
         output=str(hyp),
         report=str(report_path),
         device="cpu",
@@ -46,7 +46,7 @@ def test_evaluate_writes_hypotheses_and_a_report(toy_model, tmp_path: Path):
     assert "tok:13a" in saved["bleu_signature"] and "nrefs:1" in saved["bleu_signature"]
     assert "nrefs:1" in saved["chrf_signature"] and "nc:6" in saved["chrf_signature"]
     assert saved["bleu_text"].startswith("BLEU = ") and saved["chrf_text"].startswith("chrF2 = ")
-    assert saved["decoding"] == vars(options) and saved["decoding"]["beam_size"] == 3
+    assert saved["decoding"] == vars(options) and saved["decoding"]["beam"] == 3
     assert saved["sentences_per_s"] > 0 and saved["seconds"] >= 0
     assert saved["test_set"] == {"name": "dev", "sentences": len(references)}  # named after the --src file
     assert saved["step"] == toy_model["summary"]["best_step"]
@@ -102,8 +102,8 @@ EVALUATE_ERRORS = {
         "misaligned test set: {src} has 30 lines but {tmp}/short.en has 29; line i of one must translate line i",
     ),
     "--src without --ref": (lambda m, t: ["--src", str(m["src"])], "give both --src and --ref"),
-    "--beam 0": (lambda m, t: ["--beam", "0"], "--beam must be 1 or more, got 0"),
-    "negative --alpha": (lambda m, t: ["--alpha", "-1"], "--alpha must be 0 or more"),
+    "--beam 0": (lambda m, t: ["--beam", "0"], "decoding option beam (--beam) must be greater than 0, got 0"),
+    "negative --alpha": (lambda m, t: ["--alpha", "-1"], "decoding option alpha (--alpha) must be 0 or more"),
     "no test set": (lambda m, t: ["--split", "test"], "has no data.test set: give --src and --ref"),
 }
 
@@ -145,9 +145,9 @@ def test_cli_average_two_step_checkpoints(toy_model, tmp_path: Path, capsys):
             torch.testing.assert_close(tensor, (first[key] + second[key]) / 2)
     assert averaged["averaged_from"] == [str(p) for p in steps] and averaged["step"] == 80
 
-    model, _, _, step = load_trained(output)  # loadable and usable
-    assert step == 80 and torch.equal(model.state_dict()[name], averaged["model"][name])
-    assert Translator(str(output), DecodeOptions(beam_size=1), device="cpu").translate(["uno dos"])[0][0].ids
+    trained = load_trained(output)  # loadable and usable
+    assert trained.step == 80 and torch.equal(trained.model.state_dict()[name], averaged["model"][name])
+    assert Translator(str(output), {"beam": 1}, device="cpu").translate(["uno dos"])[0][0].ids
 
     # --last 2 on the run directory picks the same two checkpoints
     again = tmp_path / "avg-last.pt"

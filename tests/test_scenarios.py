@@ -34,7 +34,7 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import config_from_dict
 from seq2seq.errors import UserError
-from seq2seq.plots import read_jsonl
+from seq2seq.rundir import read_records as read_jsonl
 from seq2seq.train import train
 from seq2seq.translate import SHADES, attention_heatmap
 

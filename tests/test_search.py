@@ -10,8 +10,9 @@ import torch
 from helpers import toy_sentence
 from torch.nn.utils.rnn import pad_sequence
 
-from seq2seq.config import ModelConfig
-from seq2seq.model import Seq2Seq, load_trained
+from seq2seq.checkpoint import load_trained
+from seq2seq.config import DecodeConfig, ModelConfig
+from seq2seq.model import Seq2Seq
 from seq2seq.search import Hypothesis, beam_search, decode_lines, greedy_search, length_penalty, max_output_lengths
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -21,10 +22,10 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def trained(toy_model):
     """The toy model (eval mode, CPU), its tokenizer, and the training sentences."""
-    model, tokenizer, _, _ = load_trained(toy_model["checkpoint"])
+    trained = load_trained(toy_model["checkpoint"])
     return {
-        "model": model,
-        "tokenizer": tokenizer,
+        "model": trained.model,
+        "tokenizer": trained.tokenizer,
         "train_src": toy_model["src"].read_text().splitlines(),
         "train_ref": toy_model["ref"].read_text().splitlines(),
     }
@@ -49,8 +50,10 @@ def teacher_forced(model, tokenizer, line: str, ids: list[int]) -> tuple[float, 
     src, lengths = as_batch(tokenizer, [line])
     tgt_in = torch.tensor([[BOS_ID] + ids])
     with torch.no_grad():
-        attentional, weights = model(src, lengths, src != PAD_ID, tgt_in)
-        log_probs = torch.log_softmax(model.decoder.logits(attentional[0]).float(), dim=-1)
+        every = torch.ones_like(tgt_in, dtype=torch.bool)
+        logits = model(src, lengths, src != PAD_ID, tgt_in, every)  # [T, V]
+        weights = model.attend(src, lengths, src != PAD_ID, tgt_in)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
     target = ids + [EOS_ID]
     return float(log_probs[torch.arange(len(target)), target].sum()), weights[0].float()
 
@@ -121,8 +124,9 @@ def test_a_beam_as_wide_as_the_search_space_is_exact():
     tgt_in = torch.tensor([[BOS_ID] + ids + [PAD_ID] * (limit - 1 - len(ids)) for ids in outputs])
     batch = len(outputs)
     with torch.no_grad():
-        attentional, _ = model(src.expand(batch, -1), lengths.expand(batch), (src != PAD_ID).expand(batch, -1), tgt_in)
-        log_probs = torch.log_softmax(model.decoder.logits(attentional).float(), dim=-1)
+        every = torch.ones_like(tgt_in, dtype=torch.bool)
+        logits = model(src.expand(batch, -1), lengths.expand(batch), (src != PAD_ID).expand(batch, -1), tgt_in, every)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).view(batch, limit, -1)
     exact = {}
     for row, ids in enumerate(outputs):
         target = ids + [EOS_ID]
@@ -258,8 +262,10 @@ def test_padding_never_leaks_into_scores(trained):
 def test_decode_lines_keeps_order_and_gives_empty_lines_an_empty_hypothesis(trained, mixed, beam_size):
     model, tokenizer = trained["model"], trained["tokenizer"]
     lines = [mixed[4], "", mixed[0], "   ", mixed[2], mixed[1], ""]
-    whole = decode_lines(model, tokenizer, lines, torch.device("cpu"), beam_size=beam_size)
-    small = decode_lines(model, tokenizer, lines, torch.device("cpu"), beam_size=beam_size, batch_tokens=3 * beam_size)
+    whole = decode_lines(model, tokenizer, lines, torch.device("cpu"), DecodeConfig(beam=beam_size))
+    small = decode_lines(
+        model, tokenizer, lines, torch.device("cpu"), DecodeConfig(beam=beam_size, batch_tokens=3 * beam_size)
+    )
     assert len(whole) == len(small) == len(lines)
     for line, a, b in zip(lines, whole, small):
         assert [h.ids for h in a] == [h.ids for h in b]  # batching does not change results
@@ -278,9 +284,9 @@ def test_decode_lines_keeps_order_and_gives_empty_lines_an_empty_hypothesis(trai
 def test_decode_lines_truncates_long_sources(trained):
     model, tokenizer = trained["model"], trained["tokenizer"]
     line = toy_sentence(30, seed=4)
-    (best,) = decode_lines(model, tokenizer, [line], torch.device("cpu"), max_src_length=10)[0]
+    (best,) = decode_lines(model, tokenizer, [line], torch.device("cpu"), DecodeConfig(beam=1, max_src_length=10))[0]
     assert best.attention.shape[1] == 10  # 9 pieces and EOS
     assert len(best.ids) + 1 <= max_output_lengths(torch.tensor([10]), 1.5).item()
     first_words = " ".join(line.split()[:9])
-    (same,) = decode_lines(model, tokenizer, [first_words], torch.device("cpu"))[0]
+    (same,) = decode_lines(model, tokenizer, [first_words], torch.device("cpu"), DecodeConfig(beam=1))[0]
     assert best.ids == same.ids

@@ -25,17 +25,18 @@ from helpers import (
 )
 
 from seq2seq.attention import ATTENTION_TYPES
-from seq2seq.checkpoint import load_checkpoint
+from seq2seq.checkpoint import load_checkpoint, load_trained
 from seq2seq.cli import main
-from seq2seq.config import config_from_dict, load_config
+from seq2seq.config import DecodeConfig, config_from_dict, load_config
 from seq2seq.data import EncodedCorpus, ParallelDataset, collate
+from seq2seq.device import autocast
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
-from seq2seq.model import load_trained
-from seq2seq.plots import read_jsonl
+from seq2seq.model import sequence_loss
+from seq2seq.rundir import read_records as read_jsonl
 from seq2seq.search import decode_lines
 from seq2seq.tokenizer import UNK_ID
-from seq2seq.train import MAX_BAD_STEPS_IN_A_ROW, Trainer, sequence_loss, train
+from seq2seq.train import MAX_SKIPPED_IN_A_ROW, prepared_run, train
 
 OVERFIT_STEPS = 80  # BLEU 100 by step 50-60 for every seed tried; 80 leaves a margin (about 2 s)
 
@@ -100,13 +101,15 @@ def test_best_checkpoint_alone_translates(toy_run):
     path = toy_run["run_dir"] / "best.pt"
     payload = torch.load(path, weights_only=True)
     assert payload["step"] == toy_run["summary"]["best_step"] and "optimizer" not in payload
-    model, tokenizer, config, step = load_trained(path)
-    assert step == payload["step"] and config == config_from_dict(toy_run["config"])
+    trained = load_trained(path)
+    model, tokenizer = trained.model, trained.tokenizer
+    assert trained.step == payload["step"] and trained.config == config_from_dict(toy_run["config"])
 
     prefix = toy_run["config"]["data"]["dev"]
     sources = Path(f"{prefix}.es").read_text().splitlines()
     references = Path(f"{prefix}.en").read_text().splitlines()
-    hypotheses = [best[0] for best in decode_lines(model, tokenizer, sources + [""], torch.device("cpu"))]
+    greedy = DecodeConfig(beam=1)
+    hypotheses = [best[0] for best in decode_lines(model, tokenizer, sources + [""], torch.device("cpu"), greedy)]
     texts = [tokenizer.decode_tgt(h.ids) for h in hypotheses]
     assert texts[-1] == ""  # an empty line gives an empty translation
     assert bleu(texts[:-1], references).value >= 90
@@ -212,16 +215,13 @@ def test_failed_run_leaves_no_log_handler_behind(tmp_path: Path, tiny_config):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_with_autocast(toy_config, precision: str):
     toy_config["train"].update(precision=precision, max_steps=30, validate_every=30)
-    trainer = Trainer(config_from_dict(toy_config))
-    try:
-        trainer.sampler.set_epoch(0)
-        batch = collate([trainer.dataset[i] for i in next(iter(trainer.sampler))])
-        with torch.autocast("cpu", dtype=trainer.autocast_dtype):
-            logits, _ = trainer.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out != 1)
+    with prepared_run(config_from_dict(toy_config)) as trainer:
+        trainer.data.sampler.set_epoch(0)
+        batch = collate([trainer.data.dataset[i] for i in next(iter(trainer.data.sampler))])
+        with autocast("cpu", precision):
+            logits = trainer.model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out != 1)
         assert logits.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         summary = trainer.run()
-    finally:
-        trainer.close()
     assert summary["skipped_updates"] == 0 and summary["best_dev_bleu"] > 0
 
 
@@ -287,29 +287,26 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path: Path, caplog):
     data = make_toy_config(tmp_path, corpus)
     data["tokenizer"]["vocab_size"] = TOY_VOCAB + 1
     data["train"].update(max_steps=9, validate_every=9)
-    trainer = Trainer(config_from_dict(data))
-    try:
-        raro = trainer.tokenizer.src.piece_to_id("▁raro")
+    with prepared_run(config_from_dict(data)) as trainer:
+        raro = trainer.data.tokenizer.src.piece_to_id("▁raro")
         assert raro != UNK_ID
         with torch.no_grad():
             trainer.model.encoder.embedding.weight[raro] = float("nan")
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        batches = [b for epoch in range(9) for b in trainer.sampler.rank_batches(epoch)][:9]
-        bad_steps = [step for step, batch in enumerate(batches, start=1) if 0 in batch]
-        assert 2 <= len(bad_steps) < 9
+        batches = [b for epoch in range(9) for b in trainer.data.sampler.rank_batches(epoch)][:9]
+        skipped_steps = [step for step, batch in enumerate(batches, start=1) if 0 in batch]
+        assert 2 <= len(skipped_steps) < 9
         summary = trainer.run()
-    finally:
-        trainer.close()
     assert summary["steps"] == 9 and summary["stop_reason"] == "reached train.max_steps (9)"
-    assert summary["skipped_updates"] == len(bad_steps)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_updates"] == len(bad_steps)
+    assert summary["skipped_updates"] == len(skipped_steps)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["skipped_updates"] == len(skipped_steps)
     warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
     assert warnings == [
         f"Step {step}: non-finite loss or gradient, update skipped ({count} so far)"
-        for count, step in enumerate(bad_steps, start=1)
+        for count, step in enumerate(skipped_steps, start=1)
     ]
     progress = read_jsonl(tmp_path / "run" / "progress.jsonl")
-    assert [p["step"] for p in progress] == [s for s in range(1, 10) if s not in bad_steps]
+    assert [p["step"] for p in progress] == [s for s in range(1, 10) if s not in skipped_steps]
     assert all(torch.isfinite(torch.tensor(p["train_loss"])) for p in progress)
     # The good steps trained; the NaN stayed where it was and spread nowhere.
     weights = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
@@ -337,11 +334,11 @@ def test_divergence_stops_with_one_line_naming_the_last_checkpoint(tmp_path: Pat
     assert "Traceback" not in captured.err
     assert [line for line in lines if line.startswith("seq2seq: error:")] == [lines[-1]]
     assert lines[-1] == (
-        f"seq2seq: error: {MAX_BAD_STEPS_IN_A_ROW} updates in a row had a non-finite loss or gradient: the run "
+        f"seq2seq: error: {MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss or gradient: the run "
         f"diverged; lower train.lr or set train.clip_grad_norm (last good checkpoint: {run_dir / 'last.pt'})"
     )
     skipped = [line for line in lines if "update skipped" in line]
-    assert len(skipped) == MAX_BAD_STEPS_IN_A_ROW and f"({MAX_BAD_STEPS_IN_A_ROW} so far)" in skipped[-1]
+    assert len(skipped) == MAX_SKIPPED_IN_A_ROW and f"({MAX_SKIPPED_IN_A_ROW} so far)" in skipped[-1]
     assert all(LOG_LINE.match(line) for line in lines[:-1])
     load_trained(run_dir / "last.pt")  # still a whole, loadable checkpoint
 
@@ -354,8 +351,9 @@ def test_last_good_checkpoint_of_a_divergence_is_good(tmp_path: Path, toy_config
         train(config_from_dict(diverging), resume=True, force=True)
     path = Path(toy_config["train"]["run_dir"]) / "last.pt"
     payload = load_checkpoint(path)
-    assert payload["training_state"]["consecutive_bad"] == 0, f"saved at step {payload['step']}, inside the streak"
-    model, tokenizer, _, _ = load_trained(path)
+    assert payload["training_state"]["skipped_in_a_row"] == 0, f"saved at step {payload['step']}, inside the streak"
+    trained = load_trained(path)
+    model, tokenizer = trained.model, trained.tokenizer
     prefix = toy_config["data"]["train"]
     src = tokenizer.encode_src(Path(f"{prefix}.es").read_text().splitlines())
     tgt = tokenizer.encode_tgt(Path(f"{prefix}.en").read_text().splitlines())

@@ -14,17 +14,8 @@ import torch
 from helpers import file_lines, toy_sentence, write_lines
 
 from seq2seq.cli import main
-from seq2seq.evaluate import DecodeOptions
 from seq2seq.search import max_output_lengths
-from seq2seq.translate import (
-    SHADES,
-    Translator,
-    attention_heatmap,
-    pharaoh,
-    translate_batch,
-    word_alignment,
-    word_spans,
-)
+from seq2seq.translate import SHADES, Translator, attention_heatmap, translate_batch
 
 PAIR = re.compile(r"^(\d+)-(\d+)$")
 
@@ -66,7 +57,7 @@ def test_translate_batch_truncates_a_very_long_line_with_a_warning(translator, c
 
 
 def test_translate_batch_n_best(toy_model, corpus):
-    n_best = Translator(str(toy_model["checkpoint"]), DecodeOptions(beam_size=2), device="cpu", n_best=3)
+    n_best = Translator(str(toy_model["checkpoint"]), {"beam": 2, "n_best": 3}, device="cpu")
     sink = io.StringIO()
     translate_batch(n_best, io.StringIO(f"{corpus[0][0]}\n\n"), sink)
     first, empty = sink.getvalue().split("\n")[:-1]
@@ -74,7 +65,7 @@ def test_translate_batch_n_best(toy_model, corpus):
     assert len(fields) == 6  # text ||| score, three times (the beam is widened to 3)
     scores = [float(s) for s in fields[1::2]]
     assert scores == sorted(scores, reverse=True)
-    one_best = Translator(str(toy_model["checkpoint"]), DecodeOptions(beam_size=3), device="cpu")
+    one_best = Translator(str(toy_model["checkpoint"]), {"beam": 3}, device="cpu")
     assert fields[0] == one_best.text(one_best.translate([corpus[0][0]])[0][0])  # the 1-best comes first
     assert empty == " ||| 0.0000"
 
@@ -129,38 +120,6 @@ def test_cli_translate_keeps_a_line_with_a_carriage_return_whole(toy_model, tmp_
 
 
 # --- word alignment and the text heatmap, on hand-made weights --------------------------------------
-
-
-def test_word_spans_group_pieces_into_words():
-    assert word_spans(["▁the", "▁ca", "t", "s", "▁sat"]) == [0, 1, 1, 1, 2]
-    assert word_spans(["un", "▁word"]) == [0, 1]  # a first piece without '▁' still starts word 0
-    assert word_spans(["▁", "x", "▁y"]) == [0, 0, 1]
-    assert word_spans([]) == []
-
-
-def test_word_alignment_of_identity_and_permutation_weights():
-    pieces = ["▁a", "▁b", "▁c", "▁d"]
-    assert word_alignment(pieces, ["▁w", "▁x", "▁y", "▁z"], torch.eye(4)) == [(0, 0), (1, 1), (2, 2), (3, 3)]
-    permutation = [2, 0, 3, 1]
-    weights = torch.full((4, 4), 0.05)
-    weights[torch.arange(4), torch.tensor(permutation)] = 0.85
-    assert word_alignment(pieces, ["▁w", "▁x", "▁y", "▁z"], weights) == [(2, 0), (0, 1), (3, 2), (1, 3)]
-    assert pharaoh(word_alignment(pieces, ["▁w", "▁x", "▁y", "▁z"], weights)) == "2-0 0-1 3-2 1-3"
-
-
-def test_word_alignment_sums_source_pieces_and_pools_output_pieces():
-    src = ["▁ab", "c", "▁d"]  # two source words: pieces 0-1 and piece 2
-    out = ["▁x", "▁y", "z"]  # two output words: piece 0 and pieces 1-2
-    weights = torch.tensor(
-        [
-            [0.3, 0.3, 0.4],  # piece 2 is the single most attended piece, but word 0 has 0.6
-            [0.9, 0.0, 0.1],  # alone, '▁y' points at word 0 ...
-            [0.0, 0.0, 1.0],  # ... and 'z' at word 1; together (0.9 vs 1.1) the word points at word 1
-        ]
-    )
-    assert word_alignment(src, out, weights) == [(0, 0), (1, 1)]
-    assert word_alignment([], out, torch.zeros(3, 0)) == [] and word_alignment(src, [], torch.zeros(0, 3)) == []
-    assert pharaoh([]) == ""
 
 
 def test_attention_heatmap_draws_shades():
