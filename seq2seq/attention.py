@@ -294,4 +294,7 @@ def _check_same_size(name: str, query_size: int, key_size: int) -> None:
 
 def build_attention(type_name: str, options: Any, query_size: int, key_size: int) -> Attention:
     """Instantiate the registered variant `type_name` with its options."""
-    return ATTENTION_TYPES[type_name](query_size, key_size, options)
+    variant = ATTENTION_TYPES[type_name]
+    if not isinstance(options, variant.options_type):
+        raise TypeError(f"'{type_name}' attention takes {variant.options_type.__name__}, got {type(options).__name__}")
+    return variant(query_size, key_size, options)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from seq2seq.checkpoint import TrainingCheckpoint, TrainingState
-from seq2seq.config import Config
+from seq2seq.config import Config, DecodeConfig
 from seq2seq.data import (
     ParallelDataset,
     TokenBucketSampler,
@@ -164,9 +164,14 @@ def create_schedule(config: Config) -> LearningRateSchedule:
 def create_validator(config: Config, tokenizer: Tokenizer, device: torch.device, group: ProcessGroup) -> Validator:
     """Greedy validation on the dev set (read by the main process only) with the config's decoding limits."""
     dev = load_dev_set(config, tokenizer) if group.is_main else None
-    decode = config.decode
-    greedy = type(decode)(
-        beam=1, max_output_ratio=decode.max_output_ratio, batch_tokens=config.train.batch_tokens, max_src_length=None
+    # Greedy, in training's batch size, whole sentences; "fp32" switches training's autocast off inside the
+    # decoding (the dev loss still runs under it), as validation always did.
+    greedy = DecodeConfig(
+        beam=1,
+        max_output_ratio=config.decode.max_output_ratio,
+        batch_tokens=config.train.batch_tokens,
+        max_src_length=None,
+        precision="fp32",
     )
     return Validator(dev, tokenizer, device, greedy, config.train.early_stopping_patience)
 

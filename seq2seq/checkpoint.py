@@ -200,7 +200,7 @@ class WeightsCheckpoint:
                 f"{path} is not a complete seq2seq checkpoint ({', '.join(missing)} missing): "
                 "use a best.pt, last.pt or step-*.pt that seq2seq wrote"
             )
-        return cls(**{f.name: payload.get(f.name, f.default) for f in dataclasses.fields(cls) if f.name in payload})
+        return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls) if f.name in payload})
 
 
 @dataclass
@@ -241,6 +241,20 @@ class TrainingCheckpoint:
         return cls(weights, payload["optimizer"], payload["schedule"], state, payload["rng"])
 
 
+def stored_config(payload: dict[str, Any]) -> Any:
+    """The config a (migrated) payload was trained with, as stored: a plain dict, or whatever a damaged file holds."""
+    return payload.get("config")
+
+
+def describe(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `seq2seq info` shows: the format on disk (and how it was read), kind, step, BLEU, run record, config."""
+    shown = {"format_version": payload.get("migrated_from", payload.get("format_version"))}
+    if "migrated_from" in payload:
+        shown["read_as_format"] = payload["format_version"]
+    keys = ("contents", "step", "best_bleu", "averaged_from", "run", "config")
+    return shown | {key: payload[key] for key in keys if payload.get(key) is not None}
+
+
 def save(checkpoint: WeightsCheckpoint | TrainingCheckpoint, path: str | Path) -> None:
     """Write a checkpoint atomically (see save_checkpoint)."""
     save_checkpoint(checkpoint.to_payload(), path)
@@ -264,7 +278,6 @@ class Trained:
     tokenizer: Tokenizer
     config: Config
     step: int | None
-    path: Path
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
@@ -278,7 +291,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     except (KeyError, RuntimeError, TypeError, UserError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"{path} is not a complete seq2seq checkpoint ({reason})") from None
-    return Trained(model.to(device).eval(), tokenizer, config, checkpoint.step, Path(path))
+    return Trained(model.to(device).eval(), tokenizer, config, checkpoint.step)
 
 
 def average_checkpoints(paths: list[str], output: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
-DECODE_FLAGS = ("beam", "alpha", "max_output_ratio", "batch_tokens", "max_src_length", "precision")
+DECODE_FLAGS = ("beam", "alpha", "max_output_ratio", "batch_tokens", "max_src_length", "precision")  # and --n-best
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,40 +136,34 @@ def _align(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from seq2seq.checkpoint import load_checkpoint
+    from seq2seq.checkpoint import describe, load_checkpoint
 
-    payload = load_checkpoint(args.checkpoint)
-    keys = ("format_version", "migrated_from", "contents", "step", "best_bleu", "run", "config")
-    print(json.dumps({key: payload.get(key) for key in keys if key in payload}, indent=2))
+    print(json.dumps(describe(load_checkpoint(args.checkpoint)), indent=2))
     return 0
 
 
 def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags; each defaults to the checkpoint's `decode` section (whose defaults are DecodeConfig's)."""
-    from seq2seq.config import DecodeConfig
+    """Decoding flags, one per DecodeConfig field; each defaults to the checkpoint's `decode` section."""
+    from seq2seq.config import DecodeConfig, decode_choices
 
     default = DecodeConfig()
-    parser.add_argument("--beam", type=int, help=f"beam size, 1 = greedy (default {default.beam})")
-    parser.add_argument("--alpha", type=float, help=f"GNMT length penalty exponent (default {default.alpha}, 0 = none)")
-    parser.add_argument(
-        "--max-output-ratio",
-        type=float,
-        help=f"output length limit x source length + 5 (default {default.max_output_ratio})",
-    )
-    parser.add_argument(
-        "--batch-tokens", type=int, help=f"source tokens per decoding batch (default {default.batch_tokens})"
-    )
-    parser.add_argument(
-        "--max-src-length",
-        type=int,
-        help=f"longer inputs are truncated (pieces), with a warning (default {default.max_src_length})",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        help="bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, greedy "
-        f"the same; default {default.precision})",
-    )
+    helps = {
+        "beam": "beam size, 1 = greedy",
+        "alpha": "GNMT length penalty exponent, 0 = none",
+        "max_output_ratio": "output length limit x source length + 5",
+        "batch_tokens": "source tokens per decoding batch",
+        "max_src_length": "longer inputs are truncated (pieces), with a warning",
+        "precision": "bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, "
+        "greedy the same)",
+    }
+    for name, text in helps.items():
+        value_type = type(getattr(default, name)) if name != "max_src_length" else int
+        flag = "--" + name.replace("_", "-")
+        default_text = f"(default: the checkpoint's decode.{name}, else {getattr(default, name)})"
+        if name == "precision":
+            parser.add_argument(flag, choices=decode_choices(name), help=f"{text} {default_text}")
+        else:
+            parser.add_argument(flag, type=value_type, help=f"{text} {default_text}")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -201,7 +195,9 @@ def _add_translate(commands: Any) -> None:
     translate.add_argument("checkpoint")
     translate.add_argument("--input", "-i", help="file to translate (default: stdin; a terminal gives the prompt)")
     translate.add_argument("--output", "-o", help="where to write translations (default: stdout)")
-    translate.add_argument("--n-best", type=int, help="show the N best translations with scores (default 1)")
+    translate.add_argument(
+        "--n-best", type=int, help="show the N best translations with scores (default: the checkpoint's decode.n_best)"
+    )
     translate.add_argument("--alignment", help="write word alignments (Pharaoh i-j, from attention) to this file")
     translate.add_argument("--attention-png", metavar="DIR", help="interactive: save each attention heatmap as a PNG")
     translate.add_argument("--no-attention", action="store_true", help="interactive: do not print the heatmap")

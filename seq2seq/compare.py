@@ -8,6 +8,7 @@ for every variant), and heatmaps/ (the attention of the same test sentences unde
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from seq2seq.attention import ATTENTION_TYPES
 from seq2seq.checkpoint import load_trained
-from seq2seq.config import Config, config_from_dict, config_to_dict, decode_with, parse_duration
+from seq2seq.config import Config, config_from_dict, config_to_dict, parse_duration
 from seq2seq.data import read_parallel
 from seq2seq.device import resolve_device
 from seq2seq.errors import UserError
@@ -59,7 +60,10 @@ def parse_budget(budget: str) -> dict:
 
 
 def variant_configs(base: Config, variants: list[str], budget: str, output: Path) -> dict[str, Config]:
-    """One config per variant: the base config with only the attention type, budget and run directory changed."""
+    """One config per variant: the base config with only the attention, budget and run directory changed.
+
+    The base's attention options are kept for its own type; every other variant gets its defaults.
+    """
     unknown = [v for v in variants if v not in ATTENTION_TYPES]
     if unknown:
         raise UserError(f"unknown attention variant(s) {', '.join(unknown)}: choose from {', '.join(ATTENTION_TYPES)}")
@@ -69,7 +73,8 @@ def variant_configs(base: Config, variants: list[str], budget: str, output: Path
     configs = {}
     for variant in variants:
         data = config_to_dict(base)
-        data["model"]["attention"] = {"type": variant}  # that variant's own options at their defaults
+        if variant != base.model.attention.type:
+            data["model"]["attention"] = {"type": variant}  # that variant's own options at their defaults
         data["train"].update(
             limits, max_epochs=None, early_stopping_patience=None, run_dir=str(output / "runs" / variant)
         )
@@ -127,7 +132,10 @@ def evaluate_variant(
     run_dir = RunDir(config.train.run_dir)
     trained = load_trained(run_dir.best, device)
     tokenizer = trained.tokenizer
-    options = decode_with(config.decode, {"beam": beam, "batch_tokens": config.train.batch_tokens})
+    # As in validation: training's batch size and no truncation, so every variant sees whole sentences.
+    options = dataclasses.replace(
+        config.decode, beam=beam, n_best=1, batch_tokens=config.train.batch_tokens, max_src_length=None
+    )
     sources, references = test
     started = time.perf_counter()
     found = decode_lines(trained.model, tokenizer, sources, device, options)

@@ -66,7 +66,12 @@ class AttentionConfig:
     """
 
     type: str = "additive"
-    options: Any = field(default_factory=lambda: ATTENTION_TYPES["additive"].options_type())
+    options: Any = None  # the variant's options dataclass; None: its defaults
+
+    def __post_init__(self) -> None:
+        variant = ATTENTION_TYPES.get(self.type)
+        if variant is not None and self.options is None:
+            self.options = variant.options_type()
 
 
 @dataclass
@@ -238,25 +243,40 @@ def _unknown_key_message(full: str, key: str, names: list[str], path: str, valid
 
 
 def _build_attention(value: Any, path: str) -> AttentionConfig:
-    """`{type: name, option: value, ...}`: the type, then the options that variant declares."""
+    """`{type: name, option: value, ...}`: the type, then the options that variant declares.
+
+    An option of another variant is an error, except at that variant's default: configs written
+    before options moved to their variants listed every option, so those are dropped with a warning.
+    """
     if not isinstance(value, dict):
         raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
     name = value.get("type", AttentionConfig.type)
-    if name not in ATTENTION_TYPES:
+    if not isinstance(name, str) or name not in ATTENTION_TYPES:
         raise ConfigError(f"config key '{path}.type' must be one of {', '.join(ATTENTION_TYPES)}, got {name!r}")
-    options_type = ATTENTION_TYPES[name].options_type
-    names = [f.name for f in dataclasses.fields(options_type)]
-    for key in value:
-        if key != "type" and key not in names:
-            owners = [n for n, cls in ATTENTION_TYPES.items() if key in _field_names(cls.options_type)]
-            if owners:
-                raise ConfigError(
-                    f"config key '{path}.{key}' is an option of {' and '.join(owners)} attention, not of '{name}': "
-                    f"remove it{_valid_options(name, names)}"
-                )
+    names = _field_names(ATTENTION_TYPES[name].options_type)
+    own, foreign = {}, []
+    for key, option in value.items():
+        owner = _owner_of(str(key))
+        if key == "type" or key in names:
+            own[key] = option
+        elif owner is None:
             raise ConfigError(_unknown_key_message(f"{path}.{key}", str(key), ["type", *names], path))
-    options = _build(options_type, {k: v for k, v in value.items() if k != "type"}, path)
+        elif option == getattr(ATTENTION_TYPES[owner].options_type(), key):
+            log.warning("config key '%s.%s' is an option of %s attention, not of '%s': ignored", path, key, owner, name)
+        else:
+            foreign.append(f"'{path}.{key}' ({owner})")
+    if foreign:
+        raise ConfigError(
+            f"config key(s) {', '.join(foreign)} belong to other attention variants, not to '{name}': "
+            f"remove them{_valid_options(name, names)}"
+        )
+    options = _build(ATTENTION_TYPES[name].options_type, {k: v for k, v in own.items() if k != "type"}, path)
     return AttentionConfig(type=name, options=options)
+
+
+def _owner_of(key: str) -> str | None:
+    """The attention variant that declares option `key`, if any."""
+    return next((n for n, cls in ATTENTION_TYPES.items() if key in _field_names(cls.options_type)), None)
 
 
 def _field_names(cls: type) -> list[str]:
@@ -362,6 +382,11 @@ def _check_consistency(config: Config) -> None:
     attention.check(model.attention.options, model.decoder_hidden_size, 2 * model.encoder_hidden_size)
 
 
+def decode_choices(field_name: str) -> list[Any]:
+    """The allowed values of a DecodeConfig field typed as a choice (e.g. precision)."""
+    return list(typing.get_args(typing.get_type_hints(DecodeConfig)[field_name]))
+
+
 def config_key(field_name: str) -> str:
     """How messages name a decoding option read from a config."""
     return f"config key 'decode.{field_name}'"
@@ -388,9 +413,15 @@ def check_decode(decode: DecodeConfig, name: typing.Callable[[str], str] = confi
         raise ConfigError(f"{name('precision')} must be 'fp32' or 'bf16', got {decode.precision!r}")
 
 
-def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | None) -> DecodeConfig:
-    """`base` (a checkpoint's decode section, say) with `overrides` applied (None values are ignored), checked."""
+def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | DecodeConfig | None) -> DecodeConfig:
+    """`base` (a checkpoint's decode section, say) with `overrides` applied (None values are ignored), checked.
+
+    `overrides` may also be a whole DecodeConfig, which then replaces `base`.
+    """
     name = option_name
+    if isinstance(overrides, DecodeConfig):
+        check_decode(overrides, name)
+        return overrides
     overrides = overrides or {}
     hints = typing.get_type_hints(DecodeConfig)
     values = {}
@@ -420,7 +451,12 @@ def migrate_keys(data: dict, where: str | None = None) -> dict:
             new_section, new_key = new.split(".")
             target = data.setdefault(new_section, {})
             if isinstance(target, dict):
-                target.setdefault(new_key, section.pop(old_key))
+                value = section.pop(old_key)
+                if new_key in target and target[new_key] != value:
+                    raise ConfigError(
+                        f"config keys '{old}' and '{new}' are the same option with two values: keep '{new}'"
+                    )
+                target[new_key] = value
                 if where is not None:
                     log.warning("%s: config key '%s' is now '%s'; please rename it", where, old, new)
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -52,7 +53,7 @@ def evaluate(
     """
     torch_device = resolve_device(device)
     trained = load_trained(checkpoint, torch_device)
-    options = decode_with(trained.config.decode, decode)
+    options = dataclasses.replace(decode_with(trained.config.decode, decode), n_best=1)  # only the best is scored
     src_lines, ref_lines, name = test_files(trained.config, split, src, ref)
     if not src_lines:
         raise UserError(f"the test set '{name}' is empty: give files with at least one line")

@@ -1,4 +1,4 @@
-"""The encoder-decoder, built from the model section of a config."""
+"""The encoder-decoder, built from the model section of a config, and its training loss."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from seq2seq.tokenizer import Tokenizer
 
 STEP_CHECKPOINTS = "step-*.pt"
 RUN_LIMITS = ("max_steps", "max_epochs", "max_time")  # train keys that may change when a run is resumed
+TRAINING_DECODE_KEYS = ("max_output_ratio",)  # the decode keys validation uses: the others may change too
 
 
 class RunDir:
@@ -86,8 +87,9 @@ class RunDir:
             stored = None
         if stored is None or _without_run_limits(stored) != _without_run_limits(config_to_dict(config)):
             raise UserError(
-                f"{self.path} holds a run of a different config: resume with the same config "
-                "(only train.max_steps/max_epochs/max_time may change) or add --force"
+                f"{self.path} holds a run of a different config: resume with the same config (only "
+                "train.max_steps/max_epochs/max_time and decode options other than max_output_ratio may change) "
+                "or add --force"
             )
 
     def prepare(self, config: Config, resume: bool) -> None:
@@ -161,4 +163,5 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def _without_run_limits(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict without the keys that may change between a run and its resumption."""
     train = {k: v for k, v in config["train"].items() if k not in RUN_LIMITS}
-    return {**config, "train": train}
+    decode = {k: v for k, v in config.get("decode", {}).items() if k in TRAINING_DECODE_KEYS}
+    return {**config, "train": train, "decode": decode}

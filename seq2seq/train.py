@@ -24,7 +24,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seq2seq import builders
-from seq2seq.checkpoint import TrainingCheckpoint, TrainingState, WeightsCheckpoint, load_checkpoint, save
+from seq2seq.checkpoint import (
+    TrainingCheckpoint,
+    TrainingState,
+    WeightsCheckpoint,
+    load_checkpoint,
+    save,
+    stored_config,
+)
 from seq2seq.config import Config, config_to_dict, parse_duration
 from seq2seq.data import Batch, collate
 from seq2seq.device import autocast
@@ -385,18 +392,23 @@ def prepared_run(
     log_handler = None
     try:
         run_dir.check_can_start(resume, force)
-        resumed = None
-        if resume:
-            payload = load_checkpoint(run_dir.last)  # read once: checked here, restored by the builders
-            run_dir.check_same_run(payload.get("config"), config, force)
-            resumed = TrainingCheckpoint.from_payload(payload, run_dir.last)
+        resumed = _read_resume_point(run_dir, config, force) if resume else None
         if group.is_main:
             run_dir.prepare(config, resume)
             log_handler = run_dir.attach_log()
-        yield _build_trainer(config, group, device, run_dir, resumed, argv if argv is not None else sys.argv)
+        trainer = _build_trainer(config, group, device, run_dir, resumed, argv if argv is not None else sys.argv)
+        del resumed  # restored into the model and optimizer: not kept for the whole run
+        yield trainer
     finally:
         detach_log(log_handler)  # a failed set-up leaves no log handler behind
         shutdown(group)
+
+
+def _read_resume_point(run_dir: RunDir, config: Config, force: bool) -> TrainingCheckpoint:
+    """last.pt, read once: checked against the config here, restored by the builders."""
+    payload = load_checkpoint(run_dir.last)
+    run_dir.check_same_run(stored_config(payload), config, force)
+    return TrainingCheckpoint.from_payload(payload, run_dir.last)
 
 
 def _build_trainer(

@@ -15,6 +15,7 @@ from seq2seq.align import pharaoh, word_alignment
 from seq2seq.checkpoint import load_trained
 from seq2seq.config import decode_with
 from seq2seq.device import resolve_device
+from seq2seq.model import Seq2Seq
 from seq2seq.plots import plot_attention
 from seq2seq.search import Hypothesis, attention_view, decode_lines
 
@@ -60,6 +61,11 @@ class Translator:
         self.trained = load_trained(checkpoint, self.device)
         self.options = decode_with(self.trained.config.decode, decode)
         self.tokenizer, self.config = self.trained.tokenizer, self.trained.config
+
+    @property
+    def model(self) -> Seq2Seq:
+        """The loaded model (eval mode)."""
+        return self.trained.model
 
     @property
     def n_best(self) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from seq2seq.cli import main
 
@@ -122,3 +123,23 @@ def test_resume_continues_exactly(run_copy: Path, capsys: pytest.CaptureFixture)
 
     cli("translate", "run/last.pt", "-i", "corpus/test.es", "-o", "resumed.txt", "--beam", "1")
     assert read_lines(Path("resumed.txt")) == expected["translate_greedy"]
+
+
+def test_resume_with_the_resolved_config_format_1_wrote(run_copy: Path, capsys: pytest.CaptureFixture):
+    """Format-1 code saved every option in the run's config.yaml, attention options of other variants and
+    train.max_output_ratio included; resuming with such a file still continues exactly."""
+    config = yaml.safe_load(Path("config.yaml").read_text(encoding="utf-8"))
+    config["model"]["attention"].update(heads=4, max_source_length=128)
+    config["train"]["max_output_ratio"] = 1.5
+    Path("old-style.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    expected = expected_json("resumed.json")
+    cli("train", "old-style.yaml", "--resume", "--set", f"train.max_steps={expected['max_steps']}")
+    got = weight_checksums(Path("run/last.pt"))
+    assert all(got[name] == expected["weights"][name] for name in expected["weights"])
+
+
+def test_info_says_which_format_is_on_disk(run_copy: Path, capsys: pytest.CaptureFixture):
+    capsys.readouterr()
+    cli("info", "run/last.pt")
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["format_version"], shown["read_as_format"], shown["contents"]) == (1, 2, "training")

@@ -25,7 +25,7 @@ from helpers import (
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import config_from_dict, config_to_dict
-from seq2seq.rundir import read_records as read_jsonl
+from seq2seq.rundir import read_records
 
 # --- bad inputs through the command line --------------------------------------------------------------
 #
@@ -439,9 +439,9 @@ def test_cli_trains_and_logs(tmp_path: Path, toy_config, capsys):
 
     assert main(["train", config]) == 2  # the run exists ...
     assert main(["train", config, "--force", "--set", "train.max_steps=2"]) == 0  # ... --force starts over
-    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [2]
+    assert [m["step"] for m in read_records(run_dir / "metrics.jsonl")] == [2]
     assert main(["train", config, "--resume", "--set", "train.max_steps=4"]) == 0
-    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [2, 4]
+    assert [m["step"] for m in read_records(run_dir / "metrics.jsonl")] == [2, 4]
 
 
 def test_cli_info_shows_a_checkpoint(toy_model, capsys):

@@ -9,10 +9,12 @@ import pytest
 from helpers import make_toy_config, write_toy_corpus, write_yaml
 from sacrebleu.metrics import BLEU, CHRF
 
+from seq2seq.attention import LocationOptions, MultiHeadOptions
 from seq2seq.cli import main
-from seq2seq.compare import bleu_by_length, parse_budget, source_length_bucket
+from seq2seq.compare import bleu_by_length, parse_budget, source_length_bucket, variant_configs
+from seq2seq.config import config_from_dict
 from seq2seq.errors import UserError
-from seq2seq.rundir import read_records as read_jsonl
+from seq2seq.rundir import read_records
 
 
 def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, capsys):
@@ -56,7 +58,7 @@ def test_compare_two_variants_writes_table_plot_and_heatmaps(tmp_path: Path, cap
             "1-10": pytest.approx(test_bleu),
             **dict.fromkeys(["11-20", "21-30", "31-40", "41-50", "51+"]),
         }
-        assert result["dev_bleu"] == max(m["dev_bleu"] for m in read_jsonl(run_dir / "metrics.jsonl"))
+        assert result["dev_bleu"] == max(m["dev_bleu"] for m in read_records(run_dir / "metrics.jsonl"))
     assert (output / "bleu_by_length.png").stat().st_size > 1000
     heatmaps = sorted(p.name for p in (output / "heatmaps").glob("*.png"))
     assert heatmaps == ["sentence1-dot.png", "sentence1-none.png", "sentence2-dot.png", "sentence2-none.png"]
@@ -112,3 +114,15 @@ def test_length_buckets_and_bleu_by_length():
     assert scores["1-10"] == pytest.approx(100.0)
     assert scores["21-30"] == pytest.approx(0.0)
     assert scores["31-40"] is None
+
+
+def test_each_variant_keeps_the_bases_options_for_its_own_type_only(tmp_path: Path):
+    config = make_toy_config(tmp_path, write_toy_corpus(tmp_path))
+    config["data"]["test"] = config["data"]["dev"]
+    config["model"]["attention"] = {"type": "multihead", "heads": 2}
+    configs = variant_configs(config_from_dict(config), ["multihead", "location", "additive"], "5", tmp_path / "r")
+    assert configs["multihead"].model.attention.options == MultiHeadOptions(heads=2)
+    assert configs["location"].model.attention.options == LocationOptions()
+    assert configs["additive"].train.max_steps == 5 and configs["additive"].train.run_dir == str(
+        tmp_path / "r/runs/additive"
+    )

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from helpers import write_yaml
 
+from seq2seq.attention import LocationOptions, MultiHeadOptions
 from seq2seq.config import (
+    AttentionConfig,
     Config,
     ConfigError,
     DecodeConfig,
@@ -313,19 +315,20 @@ def test_each_attention_variant_takes_its_own_options(tiny_config: dict):
     ("attention", "message"),
     [
         (
-            {"type": "additive", "heads": 4},
+            {"type": "additive", "heads": 8},
             (
-                "config key 'model.attention.heads' is an option of multihead attention, not of 'additive': remove it "
-                "('additive' takes no options)"
+                "config key(s) 'model.attention.heads' (multihead) belong to other attention variants, not to "
+                "'additive': remove them ('additive' takes no options)"
             ),
         ),
         (
-            {"type": "multihead", "max_source_length": 50},
+            {"type": "multihead", "max_source_length": 50, "heads": 2},
             (
-                "config key 'model.attention.max_source_length' is an option of location attention, not of 'multihead': "
-                "remove it ('multihead' takes heads)"
+                "config key(s) 'model.attention.max_source_length' (location) belong to other attention variants, not "
+                "to 'multihead': remove them ('multihead' takes heads)"
             ),
         ),
+        ({"type": ["additive"]}, "config key 'model.attention.type' must be one of none, dot"),
         (
             {"type": "multihead", "hedas": 2},
             "unknown config key 'model.attention.hedas' (did you mean 'model.attention.heads'?)",
@@ -345,3 +348,32 @@ def test_attention_options_are_checked_against_the_chosen_variant(tiny_config: d
     with pytest.raises(UserError) as error:
         config_from_dict(tiny_config)
     assert message in str(error.value)
+
+
+def test_options_of_other_variants_at_their_defaults_are_ignored_with_a_warning(tiny_config: dict, caplog):
+    """Configs written before options moved to their variants listed every option at its default."""
+    tiny_config["model"]["attention"] = {"type": "additive", "heads": 4, "max_source_length": 128}
+    with caplog.at_level(logging.WARNING, logger="seq2seq"):
+        config = config_from_dict(tiny_config)
+    assert config_to_dict(config)["model"]["attention"] == {"type": "additive"}
+    assert "config key 'model.attention.heads' is an option of multihead attention, not of 'additive': ignored" in (
+        caplog.text
+    )
+
+
+def test_a_moved_key_given_twice_with_different_values_is_an_error(tiny_config: dict):
+    tiny_config["train"]["max_output_ratio"] = 2.0
+    tiny_config["decode"] = {"max_output_ratio": 3.0}
+    with pytest.raises(ConfigError, match="'train.max_output_ratio' and 'decode.max_output_ratio' are the same option"):
+        config_from_dict(tiny_config)
+
+
+def test_an_attention_config_built_in_python_gets_its_variants_default_options():
+    assert AttentionConfig(type="multihead").options == MultiHeadOptions()
+    assert AttentionConfig(type="location").options == LocationOptions()
+
+
+def test_a_whole_decode_config_can_replace_the_checkpoints():
+    assert decode_with(DecodeConfig(beam=3), DecodeConfig(beam=1, n_best=1)) == DecodeConfig(beam=1)
+    with pytest.raises(ConfigError, match=r"decoding option beam \(--beam\) must be greater than 0"):
+        decode_with(DecodeConfig(), DecodeConfig(beam=0))

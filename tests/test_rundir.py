@@ -63,6 +63,12 @@ def test_resuming_needs_the_same_config_but_the_run_limits_may_change(tmp_path: 
     with pytest.raises(UserError, match="holds a run of a different config"):
         run_dir.check_same_run({"not": "a config"}, config, force=False)
     run_dir.check_same_run(stored, config_from_dict(other), force=True)
+    decoding = config_to_dict(config)
+    decoding["decode"].update(beam=2, alpha=0.3, n_best=4)  # evaluate's defaults: they do not touch training
+    run_dir.check_same_run(stored, config_from_dict(decoding), force=False)
+    decoding["decode"]["max_output_ratio"] = 3.0  # validation decodes with it
+    with pytest.raises(UserError, match="holds a run of a different config"):
+        run_dir.check_same_run(stored, config_from_dict(decoding), force=False)
 
 
 def test_a_stored_config_is_compared_with_its_defaults_filled_in(tmp_path: Path, config):

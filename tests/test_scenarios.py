@@ -34,7 +34,7 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.cli import main
 from seq2seq.config import config_from_dict
 from seq2seq.errors import UserError
-from seq2seq.rundir import read_records as read_jsonl
+from seq2seq.rundir import read_records
 from seq2seq.train import train
 from seq2seq.translate import SHADES, attention_heatmap
 
@@ -235,7 +235,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(workspace, crashed_whi
 def test_resume_after_a_crash_records_each_step_once(crashed_while_saving):
     run_dir = crashed_while_saving["run_dir"]
     for name in ("progress.jsonl", "metrics.jsonl"):
-        steps = [record["step"] for record in read_jsonl(run_dir / name)]
+        steps = [record["step"] for record in read_records(run_dir / name)]
         assert steps == sorted(set(steps)), f"{name}: {steps}"
 
 

@@ -33,7 +33,7 @@ from seq2seq.device import autocast
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu
 from seq2seq.model import sequence_loss
-from seq2seq.rundir import read_records as read_jsonl
+from seq2seq.rundir import read_records
 from seq2seq.search import decode_lines
 from seq2seq.tokenizer import UNK_ID
 from seq2seq.train import MAX_SKIPPED_IN_A_ROW, prepared_run, train
@@ -59,7 +59,7 @@ def test_tiny_model_overfits_tiny_corpus(toy_run):
     assert summary["steps"] == OVERFIT_STEPS and summary["stop_reason"] == f"reached train.max_steps ({OVERFIT_STEPS})"
     assert summary["best_dev_bleu"] >= 90
     assert summary["skipped_updates"] == 0 and not summary["interrupted"]
-    losses = [p["train_loss"] for p in read_jsonl(run_dir / "progress.jsonl")]
+    losses = [p["train_loss"] for p in read_records(run_dir / "progress.jsonl")]
     assert losses[-1] < losses[0] / 10
 
 
@@ -129,11 +129,11 @@ def test_every_model_variant_trains_and_validates(tiny_config, model):
     tiny_config["train"].update(max_steps=6, validate_every=6, validate_max_sentences=5, lr=0.005)
     summary = train(config_from_dict(tiny_config))
     run_dir = Path(tiny_config["train"]["run_dir"])
-    losses = [p["train_loss"] for p in read_jsonl(run_dir / "progress.jsonl")]
+    losses = [p["train_loss"] for p in read_records(run_dir / "progress.jsonl")]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
     # The one validation (at the end) is the best so far: summary, metrics.jsonl and best.pt agree on it.
-    (record,) = read_jsonl(run_dir / "metrics.jsonl")
+    (record,) = read_records(run_dir / "metrics.jsonl")
     assert record["step"] == 6 and summary["best_step"] == 6
     assert summary["best_dev_bleu"] == record["dev_bleu"]
     best = torch.load(run_dir / "best.pt", weights_only=True)
@@ -146,7 +146,7 @@ def test_every_model_variant_trains_and_validates(tiny_config, model):
 
 
 def losses_and_weights(run_dir: Path) -> tuple[list[float], dict]:
-    losses = [p["train_loss"] for p in read_jsonl(run_dir / "progress.jsonl")]
+    losses = [p["train_loss"] for p in read_records(run_dir / "progress.jsonl")]
     return losses, torch.load(run_dir / "last.pt", weights_only=True)["model"]
 
 
@@ -230,7 +230,7 @@ def test_max_epochs_ends_with_a_validation_and_a_checkpoint(toy_config):
     summary = train(config_from_dict(toy_config))
     run_dir = Path(toy_config["train"]["run_dir"])
     assert summary["stop_reason"] == "reached train.max_epochs (2)" and summary["epochs"] == 2
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = read_records(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [summary["steps"]]
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert last["step"] == summary["steps"] and last["training_state"]["epoch"] == 2
@@ -256,7 +256,7 @@ def test_resume_survives_a_half_written_record_and_refuses_another_model(toy_con
         handle.write('{"step": 5, "train_lo')  # the line a kill -9 cut short
     toy_config["train"]["max_steps"] = 6
     assert train(config_from_dict(toy_config), resume=True)["steps"] == 6
-    assert [r["step"] for r in read_jsonl(run_dir / "progress.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_records(run_dir / "progress.jsonl")] == [1, 2, 3, 4, 5, 6]
     config_file = write_config(run_dir.parent, {**toy_config, "model": {**toy_config["model"], "embedding_size": 16}})
     assert main(["train", config_file, "--resume", "--force"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -305,7 +305,7 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path: Path, caplog):
         f"Step {step}: non-finite loss or gradient, update skipped ({count} so far)"
         for count, step in enumerate(skipped_steps, start=1)
     ]
-    progress = read_jsonl(tmp_path / "run" / "progress.jsonl")
+    progress = read_records(tmp_path / "run" / "progress.jsonl")
     assert [p["step"] for p in progress] == [s for s in range(1, 10) if s not in skipped_steps]
     assert all(torch.isfinite(torch.tensor(p["train_loss"])) for p in progress)
     # The good steps trained; the NaN stayed where it was and spread nowhere.

@@ -147,3 +147,12 @@ def test_attention_heatmap_labels_and_height_are_bounded():
     for row, values in zip(rows, weights.tolist()):
         cells = row[15:]
         assert cells == "".join(SHADES[min(4, int(w * 5))] * 2 for w in values)
+
+
+def test_translator_takes_a_whole_decode_config_and_exposes_its_model(toy_model, corpus):
+    from seq2seq.config import DecodeConfig
+
+    translator = Translator(str(toy_model["checkpoint"]), DecodeConfig(beam=1), device="cpu")
+    assert translator.options == DecodeConfig(beam=1) and not translator.model.training
+    (best,) = translator.translate([corpus[0][0]])[0]
+    assert translator.text(best) == corpus[1][0]
