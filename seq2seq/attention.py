@@ -105,15 +105,11 @@ class DotAttention(Attention):
 
 
 @register("scaled_dot")
-class ScaledDotAttention(Attention):
-    """Scaled dot product (Vaswani et al.): score = q . k / sqrt(H)."""
-
-    @classmethod
-    def check(cls, options: Any, query_size: int, key_size: int) -> None:
-        _check_same_size(cls.name, query_size, key_size)
+class ScaledDotAttention(DotAttention):
+    """Scaled dot product (Vaswani et al.): score = q . k / sqrt(H) (the same size check as dot)."""
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
-        return torch.bmm(query, keys.transpose(1, 2)) / math.sqrt(self.key_size)
+        return super().score(query, keys) / math.sqrt(self.key_size)
 
 
 @register("general")
