@@ -1,4 +1,4 @@
-"""Command line: `seq2seq train|evaluate|translate|average|compare|align|info ...`. Parses arguments and calls library functions only."""
+"""Command line: `seq2seq train|evaluate|translate|score|average|compare|align|info ...`. Parses arguments and calls library functions only."""
 
 from __future__ import annotations
 
@@ -45,15 +45,39 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
 
-DECODE_FLAGS = ("beam", "alpha", "max_output_ratio", "batch_tokens", "max_src_length", "precision")  # and --n-best
+SEARCH_OPTIONS = (
+    "beam",
+    "alpha",
+    "coverage_penalty",
+    "max_output_ratio",
+    "batch_tokens",
+    "max_src_length",
+    "precision",
+)
+SAMPLING_OPTIONS = ("sample", "temperature", "top_k", "top_p", "seed")
+DECODE_HELP = {
+    "beam": "beam size, 1 = greedy",
+    "alpha": "GNMT length penalty exponent, 0 = none",
+    "coverage_penalty": "GNMT coverage penalty beta for beam search, 0 = none",
+    "max_output_ratio": "output length limit x source length + 5",
+    "batch_tokens": "source tokens per decoding batch",
+    "max_src_length": "longer inputs are truncated (pieces), with a warning",
+    "precision": "bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, "
+    "greedy the same)",
+    "n_best": "the N best translations with their scores (with --sample: N samples)",
+    "sample": "sample translations instead of searching (--n-best samples per sentence)",
+    "temperature": "sampling temperature (< 1 sharper, > 1 flatter)",
+    "top_k": "sample from the K most probable pieces only, 0 = all",
+    "top_p": "sample from the smallest set of pieces with this probability (nucleus), 1 = all",
+    "seed": "sampling seed: the same seed gives the same samples, whatever the batch",
+}
 
 
 def _decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding options given on the command line (the rest come from the checkpoint's decode section)."""
     from seq2seq.config import DecodeConfig, decode_with
 
-    names = DECODE_FLAGS + (("n_best",) if hasattr(args, "n_best") else ())
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in DECODE_HELP if getattr(args, name, None) is not None}
     decode_with(DecodeConfig(), overrides)  # a bad flag is reported before any checkpoint is read
     return overrides
 
@@ -61,8 +85,9 @@ def _decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate(args: argparse.Namespace) -> int:
     from seq2seq.evaluate import evaluate
 
+    decode = _decode_overrides(args)
     report = evaluate(
-        args.checkpoint, args.split, args.src, args.ref, _decode_overrides(args), args.output, args.report, args.device
+        args.checkpoint, args.split, args.src, args.ref, decode, args.output, args.report, args.device, args.weights
     )
     print(report["bleu_text"])
     print(f"  signature: {report['bleu_signature']}")
@@ -78,7 +103,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _translate(args: argparse.Namespace) -> int:
     from seq2seq.translate import Translator, interactive, translate_batch
 
-    translator = Translator(args.checkpoint, _decode_overrides(args), args.device)
+    translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights)
     if args.input is None and sys.stdin.isatty():
         png_dir = Path(args.attention_png) if args.attention_png else None
         interactive(translator, show_attention=not args.no_attention, attention_png=png_dir)
@@ -96,6 +121,24 @@ def _translate(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{args.input or 'standard input'} is not UTF-8 text (byte {exc.start + 1} of a line)"
             ) from None
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from seq2seq.data import read_parallel_files
+    from seq2seq.score import write_scores
+    from seq2seq.translate import Translator
+
+    decode = _decode_overrides(args)
+    sources, targets = read_parallel_files(Path(args.src), Path(args.tgt), what="input")
+    translator = Translator(args.checkpoint, decode, args.device, args.weights)
+    with tqdm(total=len(sources), unit="sent", desc="scoring", disable=None if len(sources) > 50 else True) as bar:
+        results = translator.score(sources, targets, progress=bar)
+    try:
+        with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as sink:
+            write_scores(results, sink, args.format, args.per_piece)
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return 0
 
 
@@ -142,28 +185,28 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags, one per DecodeConfig field; each defaults to the checkpoint's `decode` section."""
+def _add_checkpoints(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="+", help="checkpoint file(s); several decode as an ensemble")
+    parser.add_argument(
+        "--weights", type=float, nargs="+", help="ensemble weights, one per checkpoint (default: equal)"
+    )
+
+
+def _add_decode_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Decoding flags for DecodeConfig fields `names`; each defaults to the checkpoint's `decode` section."""
     from seq2seq.config import DecodeConfig, decode_choices
 
     default = DecodeConfig()
-    helps = {
-        "beam": "beam size, 1 = greedy",
-        "alpha": "GNMT length penalty exponent, 0 = none",
-        "max_output_ratio": "output length limit x source length + 5",
-        "batch_tokens": "source tokens per decoding batch",
-        "max_src_length": "longer inputs are truncated (pieces), with a warning",
-        "precision": "bf16: autocast matmuls to bfloat16 (on the 2-core reference CPU: beam search ~30%% faster, "
-        "greedy the same)",
-    }
-    for name, text in helps.items():
-        value_type = type(getattr(default, name)) if name != "max_src_length" else int
+    for name in names:
         flag = "--" + name.replace("_", "-")
-        default_text = f"(default: the checkpoint's decode.{name}, else {getattr(default, name)})"
-        if name == "precision":
-            parser.add_argument(flag, choices=decode_choices(name), help=f"{text} {default_text}")
+        text = f"{DECODE_HELP[name]} (default: the checkpoint's decode.{name}, else {getattr(default, name)})"
+        if name == "sample":
+            parser.add_argument(flag, action="store_true", default=None, help=text)
+        elif name == "precision":
+            parser.add_argument(flag, choices=decode_choices(name), help=text)
         else:
-            parser.add_argument(flag, type=value_type, help=f"{text} {default_text}")
+            value_type = int if name == "max_src_length" else type(getattr(default, name))
+            parser.add_argument(flag, type=value_type, help=text)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -177,8 +220,8 @@ def _add_train(commands: Any) -> None:
 
 
 def _add_evaluate(commands: Any) -> None:
-    evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a checkpoint on a test set")
-    evaluate.add_argument("checkpoint")
+    evaluate = commands.add_parser("evaluate", help="BLEU and chrF of checkpoint(s) on a test set")
+    _add_checkpoints(evaluate)
     evaluate.add_argument(
         "--split", choices=["test", "dev"], default="test", help="the config's set to use (default test)"
     )
@@ -186,23 +229,32 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--ref", help="reference file (with --src)")
     evaluate.add_argument("--output", help="hypotheses file (default: beside the checkpoint)")
     evaluate.add_argument("--report", help="JSON report (default: the hypotheses file with .json)")
-    _add_decode_arguments(evaluate)
+    _add_decode_arguments(evaluate, SEARCH_OPTIONS + SAMPLING_OPTIONS)
     evaluate.set_defaults(func=_evaluate)
 
 
 def _add_translate(commands: Any) -> None:
     translate = commands.add_parser("translate", help="translate interactively, or a file / stdin in batch")
-    translate.add_argument("checkpoint")
+    _add_checkpoints(translate)
     translate.add_argument("--input", "-i", help="file to translate (default: stdin; a terminal gives the prompt)")
     translate.add_argument("--output", "-o", help="where to write translations (default: stdout)")
-    translate.add_argument(
-        "--n-best", type=int, help="show the N best translations with scores (default: the checkpoint's decode.n_best)"
-    )
     translate.add_argument("--alignment", help="write word alignments (Pharaoh i-j, from attention) to this file")
     translate.add_argument("--attention-png", metavar="DIR", help="interactive: save each attention heatmap as a PNG")
     translate.add_argument("--no-attention", action="store_true", help="interactive: do not print the heatmap")
-    _add_decode_arguments(translate)
+    _add_decode_arguments(translate, SEARCH_OPTIONS + ("n_best",) + SAMPLING_OPTIONS)
     translate.set_defaults(func=_translate)
+
+
+def _add_score(commands: Any) -> None:
+    score = commands.add_parser("score", help="log-probabilities of given translations (forced decoding)")
+    _add_checkpoints(score)
+    score.add_argument("--src", required=True, help="source sentences")
+    score.add_argument("--tgt", required=True, help="their translations (one per line)")
+    score.add_argument("--output", "-o", help="where to write the scores (default: stdout)")
+    score.add_argument("--per-piece", action="store_true", help="also each target piece's log-probability")
+    score.add_argument("--format", choices=["tsv", "jsonl"], default="tsv", help="TSV (default) or JSON lines")
+    _add_decode_arguments(score, ("batch_tokens",))
+    score.set_defaults(func=_score)
 
 
 def _add_average(commands: Any) -> None:
@@ -247,7 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description="GRU encoder-decoder NMT with pluggable attention")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_translate, _add_average, _add_compare, _add_align, _add_info):
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_translate,
+        _add_score,
+        _add_average,
+        _add_compare,
+        _add_align,
+        _add_info,
+    ):
         add(commands)
     return parser
 

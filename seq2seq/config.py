@@ -137,8 +137,14 @@ class DecodeConfig:
     max_output_ratio: float = 1.5  # outputs stop at this x source length + 5 pieces
     batch_tokens: int = 4000  # padded source tokens per decoding batch (divided by the beam size)
     max_src_length: int | None = 250  # longer inputs are truncated, with a warning (null: never)
-    n_best: int = 1  # hypotheses returned per sentence (the beam is at least this wide)
+    n_best: int = 1  # hypotheses returned per sentence (the beam is at least this wide; samples when sampling)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls to bfloat16
+    coverage_penalty: float = 0.0  # GNMT coverage penalty beta for beam search; 0: none
+    sample: bool = False  # draw n_best samples per sentence instead of searching (beam and alpha are ignored)
+    temperature: float = 1.0  # sampling: divides the log-probabilities (< 1 sharper, > 1 flatter)
+    top_k: int = 0  # sampling: only from the k most probable pieces; 0: all
+    top_p: float = 1.0  # sampling: only from the smallest set of pieces with this much probability (nucleus)
+    seed: int = 1  # sampling: the same seed gives the same samples, whatever the batch
 
 
 @dataclass
@@ -403,8 +409,13 @@ def check_decode(decode: DecodeConfig, name: typing.Callable[[str], str] = confi
         value = getattr(decode, field_name)
         if value <= 0:
             raise ConfigError(f"{name(field_name)} must be greater than 0, got {value!r}")
-    if decode.alpha < 0:
-        raise ConfigError(f"{name('alpha')} must be 0 or more, got {decode.alpha!r}")
+    for field_name in ("alpha", "coverage_penalty", "top_k", "seed"):
+        if getattr(decode, field_name) < 0:
+            raise ConfigError(f"{name(field_name)} must be 0 or more, got {getattr(decode, field_name)!r}")
+    if decode.temperature <= 0:
+        raise ConfigError(f"{name('temperature')} must be greater than 0, got {decode.temperature!r}")
+    if not 0 < decode.top_p <= 1:
+        raise ConfigError(f"{name('top_p')} must be in (0, 1], got {decode.top_p!r}")
     if decode.max_src_length is not None and decode.max_src_length < 2:
         raise ConfigError(
             f"{name('max_src_length')} must be at least 2 (a piece and the end), got {decode.max_src_length!r}"

@@ -1,4 +1,4 @@
-"""Score a checkpoint on a test set: translate, detokenize, BLEU and chrF with sacreBLEU signatures."""
+"""Score checkpoint(s) on a test set: translate, detokenize, BLEU and chrF with sacreBLEU signatures."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from seq2seq.checkpoint import load_trained
 from seq2seq.config import Config, DecodeConfig, decode_with
 from seq2seq.data import read_parallel, read_parallel_files
 from seq2seq.device import resolve_device
+from seq2seq.ensemble import load_ensemble
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
 from seq2seq.search import decode_lines
@@ -38,7 +38,7 @@ def test_files(config: Config, split: str, src: str | None, ref: str | None) -> 
 
 
 def evaluate(
-    checkpoint: str,
+    checkpoint: str | Sequence[str],
     split: str = "test",
     src: str | None = None,
     ref: str | None = None,
@@ -46,28 +46,31 @@ def evaluate(
     output: str | None = None,
     report: str | None = None,
     device: str = "auto",
+    weights: Sequence[float] | None = None,
 ) -> dict:
-    """Translate a test set with a checkpoint; write hypotheses and a JSON report; return the report.
+    """Translate a test set with checkpoint(s) (several: an ensemble); write hypotheses and a JSON report; return it.
 
-    `decode` overrides the checkpoint's decode section (e.g. {"beam": 1}).
+    `decode` overrides the (first) checkpoint's decode section (e.g. {"beam": 1}).
     """
+    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
     torch_device = resolve_device(device)
-    trained = load_trained(checkpoint, torch_device)
-    options = dataclasses.replace(decode_with(trained.config.decode, decode), n_best=1)  # only the best is scored
-    src_lines, ref_lines, name = test_files(trained.config, split, src, ref)
+    loaded = load_ensemble(checkpoints, torch_device, weights)
+    options = dataclasses.replace(decode_with(loaded.config.decode, decode), n_best=1)  # only the best is scored
+    src_lines, ref_lines, name = test_files(loaded.config, split, src, ref)
     if not src_lines:
         raise UserError(f"the test set '{name}' is empty: give files with at least one line")
-    output_path, report_path = _output_paths(checkpoint, name, options, output, report)
+    output_path, report_path = _output_paths(checkpoints, name, options, output, report)
     started = time.perf_counter()
     with tqdm(total=len(src_lines), unit="sent", desc="translating", disable=None) as bar:
-        hypotheses = decode_lines(trained.model, trained.tokenizer, src_lines, torch_device, options, bar)
+        hypotheses = decode_lines(loaded.ensemble, loaded.tokenizer, src_lines, torch_device, options, bar)
     seconds = time.perf_counter() - started
-    texts = [trained.tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
+    texts = [loaded.tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
     output_path.parent.mkdir(parents=True, exist_ok=True)
     output_path.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     result = {
-        "checkpoint": str(checkpoint),
-        "step": trained.step,
+        "checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints,
+        "step": loaded.steps[0] if len(checkpoints) == 1 else loaded.steps,
+        **({"ensemble_weights": loaded.ensemble.weights} if len(checkpoints) > 1 else {}),
         "test_set": {"name": name, "sentences": len(src_lines)},
         "decoding": vars(options),
         **_scores(texts, ref_lines),
@@ -83,11 +86,14 @@ def evaluate(
 
 
 def _output_paths(
-    checkpoint: str, name: str, options: DecodeConfig, output: str | None, report: str | None
+    checkpoints: list[str], name: str, options: DecodeConfig, output: str | None, report: str | None
 ) -> tuple[Path, Path]:
-    """Hypotheses and report files: as given, or beside the checkpoint (e.g. best.test.beam5.hyp / .json)."""
-    tag = f"{name}.beam{options.beam}" if options.beam > 1 else f"{name}.greedy"
-    output_path = Path(output) if output else Path(checkpoint).with_name(f"{Path(checkpoint).stem}.{tag}.hyp")
+    """Hypotheses and report files: as given, or beside the (first) checkpoint, e.g. best.test.beam5.hyp / .json
+    (best.ensemble3.test.beam5.hyp for an ensemble of three, best.test.sample.hyp when sampling)."""
+    search = "sample" if options.sample else f"beam{options.beam}" if options.beam > 1 else "greedy"
+    first = Path(checkpoints[0])
+    ensemble = f".ensemble{len(checkpoints)}" if len(checkpoints) > 1 else ""
+    output_path = Path(output) if output else first.with_name(f"{first.stem}{ensemble}.{name}.{search}.hyp")
     return output_path, Path(report) if report else output_path.with_suffix(".json")
 
 

@@ -7,7 +7,9 @@ with the options of a `DecodeConfig` (seq2seq/config.py: where every decoding de
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from seq2seq.config import DecodeConfig
 from seq2seq.device import autocast
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
@@ -48,23 +51,77 @@ def force_eos(log_probs: Tensor, rows: Tensor) -> None:
     log_probs[:, EOS_ID] = eos
 
 
-def next_log_probs(model: Seq2Seq, attentional: Tensor, out_of_room: Tensor) -> Tensor:
-    """Log-probabilities [N, V] of the next piece from attentional vectors [N, 1, H]; never PAD,
-    and only EOS for the rows `out_of_room` [N] marks."""
-    log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)
+def mask_next(log_probs: Tensor, out_of_room: Tensor) -> Tensor:
+    """In place, and returned: next-piece log-probabilities [N, V] that never choose PAD, and only EOS
+    for the rows `out_of_room` [N] marks."""
     log_probs[:, PAD_ID] = float("-inf")
     force_eos(log_probs, out_of_room)
     return log_probs
 
 
+def as_ensemble(model: Seq2Seq | Ensemble) -> Ensemble:
+    """A model as an ensemble of one (the searches decode ensembles)."""
+    return model if isinstance(model, Ensemble) else Ensemble([model])
+
+
 @torch.no_grad()
-def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_ratio: float = 1.5) -> list[Hypothesis]:
-    """Most probable piece at each step, for a batch of source ids [B, S] (EOS-terminated).
+def greedy_search(
+    model: Seq2Seq | Ensemble, src: Tensor, src_lengths: Tensor, max_output_ratio: float = 1.5
+) -> list[Hypothesis]:
+    """Most probable piece at each step, for a batch of source ids [B, S] (EOS-terminated)."""
+    return _stepwise_search(as_ensemble(model), src, src_lengths, max_output_ratio, lambda log_probs, rows: None)
+
+
+@torch.no_grad()
+def sample_search(
+    model: Seq2Seq | Ensemble, src: Tensor, src_lengths: Tensor, options: DecodeConfig, seeds: list[int]
+) -> list[Hypothesis]:
+    """One sample for each source row of [B, S], drawn with `options`' temperature, top-k and top-p.
+
+    Row i draws from its own generator seeded with seeds[i], so a sentence's sample does not depend
+    on the other sentences in its batch. The score is the sample's log-probability under the model.
+    """
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def draw(log_probs: Tensor, rows: Tensor) -> Tensor:
+        probs = sampling_distribution(log_probs, options)  # [N, V]
+        uniform = torch.stack([torch.rand((), generator=generators[int(row)]) for row in rows]).to(probs.device)
+        cumulative = probs.cumsum(dim=-1)
+        return (
+            torch.searchsorted(cumulative, uniform[:, None] * cumulative[:, -1:], right=True)
+            .squeeze(1)
+            .clamp_(max=probs.size(1) - 1)
+        )
+
+    return _stepwise_search(as_ensemble(model), src, src_lengths, options.max_output_ratio, draw)
+
+
+def sampling_distribution(log_probs: Tensor, options: DecodeConfig) -> Tensor:
+    """Probabilities [N, V] to sample from: log-probabilities [N, V] tempered, then cut to top-k and top-p."""
+    logits = log_probs / options.temperature
+    if options.top_k:
+        kth = logits.topk(min(options.top_k, logits.size(1)), dim=-1).values[:, -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        beyond = probs.cumsum(dim=-1) - probs > options.top_p  # pieces after the nucleus is full
+        logits = logits.scatter(1, order, ordered.masked_fill(beyond, float("-inf")))
+    return torch.softmax(logits, dim=-1)
+
+
+def _stepwise_search(
+    ensemble: Ensemble,
+    src: Tensor,
+    src_lengths: Tensor,
+    max_output_ratio: float,
+    choose: Callable[[Tensor, Tensor], Tensor | None],
+) -> list[Hypothesis]:
+    """One hypothesis per row: the piece `choose(log_probs, rows)` picks at each step (None: the most probable).
 
     Sentences leave the batch as soon as they end, so the rest decode faster.
     """
-    src_mask = src != PAD_ID
-    memory, state = model.encode(src, src_lengths, src_mask)
+    state = ensemble.start(src, src_lengths)
     batch, device = src.size(0), src.device
     limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
     alive = torch.arange(batch, device=device)  # [B']: the sentences still being decoded
@@ -72,19 +129,21 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, max_output_r
     scores = torch.zeros(batch, device=device)
     tokens, weights = [], []  # per step: [B] pieces (PAD once ended) and [B, S] attention
     for step in range(int(limits.max())):
-        attentional, state, step_weights = model.decoder(previous, state, memory)  # [B', 1, H], _, [B', 1, S]
-        log_probs = next_log_probs(model, attentional, limits[alive] == step + 1)  # [B', V]
-        best_score, best = log_probs.max(dim=-1)  # [B']
+        log_probs, step_weights, state = ensemble.step(previous, state)  # [B', V], [B', S]
+        log_probs = mask_next(log_probs, limits[alive] == step + 1)
+        chosen = choose(log_probs, alive)
+        best_score, best = (
+            log_probs.max(dim=-1) if chosen is None else (log_probs.gather(1, chosen[:, None])[:, 0], chosen)
+        )
         scores[alive] += best_score
         tokens.append(torch.full((batch,), PAD_ID, dtype=torch.long, device=device).index_copy_(0, alive, best))
-        weights.append(step_weights.new_zeros(batch, src.size(1)).index_copy_(0, alive, step_weights[:, 0]))
+        weights.append(step_weights.new_zeros(batch, src.size(1)).index_copy_(0, alive, step_weights))
         going = best != EOS_ID  # [B']
         if not bool(going.all()):
             if not bool(going.any()):
                 break
             keep = going.nonzero().squeeze(1)
-            alive, best = alive[keep], best[keep]
-            memory, state = memory.select(keep), state.select(keep)
+            alive, best, state = alive[keep], best[keep], state.select(keep)
         previous = best[:, None]
     token_matrix = torch.stack(tokens, dim=1).cpu()  # [B, T]
     weight_matrix = torch.stack(weights, dim=1).float().cpu()  # [B, T, S]
@@ -99,6 +158,13 @@ def _hypothesis(tokens: Tensor, score: float, attention: Tensor) -> Hypothesis:
     return Hypothesis(ids[:length], score, attention[: length + 1], score)
 
 
+def coverage_penalty(attention: Tensor, beta: float) -> float:
+    """GNMT coverage penalty beta * sum_j log(min(sum_i a_ij, 1)) for attention [output pieces, source pieces]:
+    0 when every source piece got a total attention of 1 or more, negative for pieces left uncovered."""
+    coverage = attention.float().sum(dim=0).clamp(min=1e-10, max=1.0)  # [S]
+    return beta * float(coverage.log().sum())
+
+
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ((5 + length) / 6) ** alpha; scores are divided by it (alpha 0: none)."""
     return ((5 + length) / 6) ** alpha
@@ -106,13 +172,14 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.no_grad()
 def beam_search(
-    model: Seq2Seq,
+    model: Seq2Seq | Ensemble,
     src: Tensor,
     src_lengths: Tensor,
     beam_size: int = 5,
     alpha: float = 1.0,
     max_output_ratio: float = 1.5,
     n_best: int = 1,
+    coverage_penalty: float = 0.0,
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of source ids [B, S]: the `n_best` best hypotheses of each sentence.
 
@@ -120,12 +187,13 @@ def beam_search(
     extensions of a sentence are taken: those ending in EOS among the first K are finished
     (scored with the length penalty), and the K best others stay alive. A sentence is done once it
     has K finished hypotheses and leaves the batch. Finished hypotheses never take part in later
-    steps, so padding never enters a score. With K = 1 this is exactly greedy search.
+    steps, so padding never enters a score. With K = 1 this is exactly greedy search. A finished
+    hypothesis's score also gains the GNMT coverage penalty (`coverage_penalty` beta; 0: none).
     """
     device, batch, k = src.device, src.size(0), beam_size
-    memory, state = model.encode(src, src_lengths, src != PAD_ID)
+    ensemble = as_ensemble(model)
     rows = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]: each row's sentence
-    memory, state = memory.select(rows), state.select(rows)
+    state = ensemble.start(src, src_lengths).select(rows)
     limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
     alive = torch.arange(batch, device=device)  # [B']: sentences still searching
     scores = torch.full((batch, k), float("-inf"), device=device)  # [B', K]
@@ -134,11 +202,12 @@ def beam_search(
     attention = torch.zeros(batch * k, 0, src.size(1), device=device)  # [B'*K, t, S]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for step in range(int(limits.max())):
-        attentional, state, step_weights = model.decoder(tokens[:, -1:], state, memory)
-        log_probs = next_log_probs(model, attentional, (limits[alive] == step + 1).repeat_interleave(k))  # [B'*K, V]
+        log_probs, step_weights, state = ensemble.step(tokens[:, -1:], state)  # [B'*K, V], [B'*K, S]
+        log_probs = mask_next(log_probs, (limits[alive] == step + 1).repeat_interleave(k))
         candidates = _Candidates.best(scores, log_probs, k)
-        attention = torch.cat([attention, step_weights.float()], dim=1)  # [B'*K, t+1, S]
-        _collect_finished(finished, candidates, alive, tokens, attention, src_lengths, alpha)
+        attention = torch.cat([attention, step_weights[:, None].float()], dim=1)  # [B'*K, t+1, S]
+        penalties = (alpha, coverage_penalty)
+        _collect_finished(finished, candidates, alive, tokens, attention, src_lengths, penalties)
         going = torch.tensor([len(finished[int(b)]) < k for b in alive], device=device)  # [B']
         if not bool(going.any()):
             break
@@ -146,10 +215,10 @@ def beam_search(
         if not bool(going.all()):  # sentences with K finished hypotheses leave the batch
             still = going.nonzero().squeeze(1)
             alive, scores, new_tokens, parent = alive[still], scores[still], new_tokens[still], parent[still]
-            memory = memory.select((still[:, None] * k + torch.arange(k, device=device)).view(-1))
+            state = state.select_memories((still[:, None] * k + torch.arange(k, device=device)).view(-1))
         parent = parent.view(-1)
         tokens = torch.cat([tokens[parent], new_tokens.view(-1, 1)], dim=1)
-        attention, state = attention[parent], state.select(parent)
+        attention, state = attention[parent], state.select_states(parent)
     return [sorted(f, key=lambda h: h.score, reverse=True)[:n_best] for f in finished]
 
 
@@ -193,9 +262,13 @@ def _collect_finished(
     tokens: Tensor,
     attention: Tensor,
     src_lengths: Tensor,
-    alpha: float,
+    penalties: tuple[float, float],
 ) -> None:
-    """Add the hypotheses that end at this step to `finished` (at most K per sentence)."""
+    """Add the hypotheses that end at this step to `finished` (at most K per sentence).
+
+    `penalties`: the length penalty's alpha and the coverage penalty's beta.
+    """
+    alpha, beta = penalties
     for i, j in candidates.finishing():
         b = int(alive[i])
         if len(finished[b]) >= candidates.k:
@@ -203,13 +276,15 @@ def _collect_finished(
         row = i * candidates.k + int(candidates.beam[i, j])
         ids = tokens[row, 1:].tolist()
         raw = float(candidates.scores[i, j])
-        score = raw / length_penalty(len(ids) + 1, alpha)
         weights = attention[row, :, : int(src_lengths[b])].cpu()
+        score = raw / length_penalty(len(ids) + 1, alpha)
+        if beta:
+            score += coverage_penalty(weights, beta)
         finished[b].append(Hypothesis(ids, score, weights, raw))
 
 
 def decode_lines(
-    model: Seq2Seq,
+    model: Seq2Seq | Ensemble,
     tokenizer: Tokenizer,
     lines: list[str],
     device: torch.device,
@@ -218,28 +293,24 @@ def decode_lines(
 ) -> list[list[Hypothesis]]:
     """The `options.n_best` translations of each line, batched by length; an empty line gives one empty hypothesis.
 
-    Beam size 1 is greedy search. Sources longer than `options.max_src_length` pieces (EOS
-    included) are truncated with a warning; `progress` is an optional tqdm bar advanced by lines;
-    precision "bf16" decodes under bfloat16 autocast (scores and attention stay float32).
+    Beam size 1 is greedy search; `options.sample` draws n_best samples instead. Sources longer than
+    `options.max_src_length` pieces (EOS included) are truncated with a warning; `progress` is an
+    optional tqdm bar advanced by lines; precision "bf16" decodes under bfloat16 autocast (scores
+    and attention stay float32).
     """
     encoded = tokenizer.encode_src(lines)
     if options.max_src_length is not None:
         limit = options.max_src_length - 1
         encoded = [_truncated(ids, limit, number) for number, ids in enumerate(encoded, start=1)]
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, torch.zeros(1, 0))] for _ in lines]
-    beam_size = max(options.beam, options.n_best)
+    rows_per_line = options.n_best if options.sample else max(options.beam, options.n_best)
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-    for batch in _length_batches(order, encoded, max(1, options.batch_tokens // beam_size)):
+    for batch in _length_batches(order, encoded, max(1, options.batch_tokens // rows_per_line)):
         sources = [torch.tensor(encoded[i] + [EOS_ID]) for i in batch]
         src = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD_ID).to(device)
         src_lengths = torch.tensor([len(s) for s in sources], device=device)
         with autocast(device, options.precision):
-            if beam_size == 1:
-                found = [[h] for h in greedy_search(model, src, src_lengths, options.max_output_ratio)]
-            else:
-                found = beam_search(
-                    model, src, src_lengths, beam_size, options.alpha, options.max_output_ratio, options.n_best
-                )
+            found = _search(model, src, src_lengths, options, [encoded[i] for i in batch])
         for index, hypotheses in zip(batch, found):
             results[index] = hypotheses
         if progress is not None:
@@ -247,6 +318,38 @@ def decode_lines(
     if progress is not None:
         progress.update(len(lines) - len(order))  # the empty lines
     return results
+
+
+def _search(
+    model: Seq2Seq | Ensemble, src: Tensor, src_lengths: Tensor, options: DecodeConfig, sources: list[list[int]]
+) -> list[list[Hypothesis]]:
+    """The hypotheses of each source row: sampled, greedy or beam search, as `options` say."""
+    if options.sample:
+        n = options.n_best
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
+        seeds = [sample_seed(options.seed, ids, draw) for ids in sources for draw in range(n)]
+        samples = sample_search(model, src[rows], src_lengths[rows], options, seeds)
+        return [sorted(samples[i * n : (i + 1) * n], key=lambda h: h.score, reverse=True) for i in range(len(sources))]
+    beam_size = max(options.beam, options.n_best)
+    if beam_size == 1:
+        return [[h] for h in greedy_search(model, src, src_lengths, options.max_output_ratio)]
+    return beam_search(
+        model,
+        src,
+        src_lengths,
+        beam_size,
+        options.alpha,
+        options.max_output_ratio,
+        options.n_best,
+        options.coverage_penalty,
+    )
+
+
+def sample_seed(seed: int, src_ids: list[int], draw: int) -> int:
+    """The seed of one sample: from the run's seed, the sentence itself and the sample's number, so that a
+    sentence gets the same samples whatever else is in its batch or its file."""
+    digest = hashlib.sha256(f"{seed}:{draw}:{','.join(map(str, src_ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _truncated(ids: list[int], limit: int, number: int) -> list[int]:

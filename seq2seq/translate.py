@@ -1,10 +1,11 @@
-"""Translate with a checkpoint: an interactive prompt with attention heatmaps, or a batch from a file/stdin."""
+"""Translate with checkpoint(s): the Python API (`Translator`), an interactive prompt with attention heatmaps, a batch."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -12,11 +13,13 @@ import torch
 from tqdm import tqdm
 
 from seq2seq.align import pharaoh, word_alignment
-from seq2seq.checkpoint import load_trained
-from seq2seq.config import decode_with
+from seq2seq.config import DecodeConfig, decode_with
 from seq2seq.device import resolve_device
+from seq2seq.ensemble import load_ensemble
+from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.plots import plot_attention
+from seq2seq.score import Scored, score_lines
 from seq2seq.search import Hypothesis, attention_view, decode_lines
 
 log = logging.getLogger(__name__)
@@ -50,42 +53,103 @@ def attention_heatmap(
 # --- translating -------------------------------------------------------------------------------
 
 
-class Translator:
-    """A checkpoint loaded once, and the decoding options to translate with.
+@dataclass
+class Candidate:
+    """One translation of a sentence: detokenized text, score, output pieces and their attention."""
 
-    `decode` overrides the checkpoint's own `decode` section (e.g. {"beam": 1, "n_best": 3}).
+    text: str
+    score: float  # the search's ranking score (log-probability with the length and coverage penalties)
+    log_prob: float  # the log-probability of the pieces and the end of sentence
+    pieces: list[str]
+    attention: torch.Tensor  # [output pieces, source pieces], without the end-of-sentence row and column
+    ids: list[int]
+
+
+@dataclass
+class Translation:
+    """A source sentence, its pieces, and its n-best candidates (best first)."""
+
+    source: str
+    source_pieces: list[str]
+    hypotheses: list[Candidate]
+
+    @property
+    def best(self) -> Candidate:
+        """The first candidate."""
+        return self.hypotheses[0]
+
+
+class Translator:
+    """One or more checkpoints loaded once (several decode as an ensemble), and the options to decode with.
+
+    `decode` overrides the first checkpoint's own `decode` section (e.g. {"beam": 1, "n_best": 3}).
     """
 
-    def __init__(self, checkpoint: str | Path, decode: Mapping[str, Any] | None = None, device: str = "auto"):
+    def __init__(
+        self,
+        checkpoints: str | Path | Sequence[str | Path],
+        decode: Mapping[str, Any] | DecodeConfig | None = None,
+        device: str = "auto",
+        weights: Sequence[float] | None = None,
+    ):
         self.device = resolve_device(device)
-        self.trained = load_trained(checkpoint, self.device)
-        self.options = decode_with(self.trained.config.decode, decode)
-        self.tokenizer, self.config = self.trained.tokenizer, self.trained.config
+        self.loaded = load_ensemble(checkpoints, self.device, weights)
+        self.options = decode_with(self.loaded.config.decode, decode)
+        self.tokenizer, self.config = self.loaded.tokenizer, self.loaded.config
+
+    @classmethod
+    def load(
+        cls,
+        checkpoints: str | Path | Sequence[str | Path],
+        device: str = "auto",
+        weights: Sequence[float] | None = None,
+        **decode: Any,
+    ) -> Translator:
+        """Load checkpoint(s) once; keyword arguments are decoding options (beam=5, n_best=2, sample=True, ...)."""
+        return cls(checkpoints, decode, device, weights)
 
     @property
     def model(self) -> Seq2Seq:
-        """The loaded model (eval mode)."""
-        return self.trained.model
+        """The (first) loaded model, in eval mode."""
+        return self.loaded.ensemble.models[0]
 
     @property
     def n_best(self) -> int:
         """Hypotheses given per sentence."""
         return self.options.n_best
 
-    def translate(self, lines: list[str], progress: Any = None) -> list[list[Hypothesis]]:
-        """The n-best hypotheses of each line (an empty line gives one empty hypothesis)."""
-        return decode_lines(self.trained.model, self.tokenizer, lines, self.device, self.options, progress)
+    def translate(self, lines: Sequence[str], progress: Any = None, **options: Any) -> list[Translation]:
+        """Translate each line (an empty line gives one empty candidate); `options` override decoding for this call."""
+        decode = decode_with(self.options, options) if options else self.options
+        found = decode_lines(self.loaded.ensemble, self.tokenizer, list(lines), self.device, decode, progress)
+        return [self._translation(line, hypotheses, decode) for line, hypotheses in zip(lines, found)]
 
-    def pieces(self, line: str, hypothesis: Hypothesis) -> tuple[list[str], list[str], torch.Tensor]:
-        """Source pieces, output pieces and attention [out, src] without EOS, for display or alignment."""
+    def score(self, sources: Sequence[str], targets: Sequence[str], progress: Any = None) -> list[Scored | None]:
+        """The log-probability of each target given its source (None for an empty source)."""
+        if len(sources) != len(targets):
+            raise UserError(f"{len(sources)} sources but {len(targets)} targets: give one target per source")
+        return score_lines(
+            self.loaded.ensemble,
+            self.tokenizer,
+            list(sources),
+            list(targets),
+            self.device,
+            self.options.batch_tokens,
+            progress,
+        )
+
+    def _translation(self, line: str, hypotheses: list[Hypothesis], decode: DecodeConfig) -> Translation:
         src_ids = self.tokenizer.encode_src([line])[0]
-        if self.options.max_src_length is not None:
-            src_ids = src_ids[: self.options.max_src_length - 1]
-        return attention_view(self.tokenizer, src_ids, hypothesis)
-
-    def text(self, hypothesis: Hypothesis) -> str:
-        """Detokenized output."""
-        return self.tokenizer.decode_tgt(hypothesis.ids)
+        if decode.max_src_length is not None:
+            src_ids = src_ids[: decode.max_src_length - 1]
+        candidates = []
+        for hypothesis in hypotheses:
+            _, out_pieces, weights = attention_view(self.tokenizer, src_ids, hypothesis)
+            text = self.tokenizer.decode_tgt(hypothesis.ids)
+            candidates.append(
+                Candidate(text, hypothesis.score, hypothesis.log_prob, out_pieces, weights, hypothesis.ids)
+            )
+        return Translation(line, self.tokenizer.src_pieces(src_ids), candidates)
 
 
 def translate_batch(translator: Translator, source: TextIO, sink: TextIO, alignment: TextIO | None = None) -> int:
@@ -95,13 +159,14 @@ def translate_batch(translator: Translator, source: TextIO, sink: TextIO, alignm
         total=len(lines), unit="sent", desc="translating", disable=None if len(lines) > 50 else True, file=sys.stderr
     ) as bar:
         results = translator.translate(lines, progress=bar)
-    for line, hypotheses in zip(lines, results):
+    for translation in results:
         if translator.n_best > 1:
-            sink.write(" ||| ".join(f"{translator.text(h)} ||| {h.score:.4f}" for h in hypotheses) + "\n")
+            sink.write(" ||| ".join(f"{c.text} ||| {c.score:.4f}" for c in translation.hypotheses) + "\n")
         else:
-            sink.write(translator.text(hypotheses[0]) + "\n")
+            sink.write(translation.best.text + "\n")
         if alignment is not None:
-            alignment.write(pharaoh(word_alignment(*translator.pieces(line, hypotheses[0]))) + "\n")
+            best = translation.best
+            alignment.write(pharaoh(word_alignment(translation.source_pieces, best.pieces, best.attention)) + "\n")
     sink.flush()
     return len(lines)
 
@@ -132,12 +197,12 @@ def interactive(
             break
         if not line:
             continue
-        hypotheses = translator.translate([line])[0]
-        for rank, hypothesis in enumerate(hypotheses, start=1):
+        translation = translator.translate([line])[0]
+        for rank, candidate in enumerate(translation.hypotheses, start=1):
             prefix = f"{rank}. " if translator.n_best > 1 else ""
-            suffix = f"   (score {hypothesis.score:.3f})" if translator.n_best > 1 else ""
-            out.write(f"{prefix}{translator.text(hypothesis)}{suffix}\n")
-        src_pieces, out_pieces, weights = translator.pieces(line, hypotheses[0])
+            suffix = f"   (score {candidate.score:.3f})" if translator.n_best > 1 else ""
+            out.write(f"{prefix}{candidate.text}{suffix}\n")
+        src_pieces, out_pieces, weights = translation.source_pieces, translation.best.pieces, translation.best.attention
         if show_attention and out_pieces:
             out.write(attention_heatmap(src_pieces, out_pieces, weights) + "\n")
         if attention_png is not None and out_pieces:

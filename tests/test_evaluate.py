@@ -147,7 +147,7 @@ def test_cli_average_two_step_checkpoints(toy_model, tmp_path: Path, capsys):
 
     trained = load_trained(output)  # loadable and usable
     assert trained.step == 80 and torch.equal(trained.model.state_dict()[name], averaged["model"][name])
-    assert Translator(str(output), {"beam": 1}, device="cpu").translate(["uno dos"])[0][0].ids
+    assert Translator(str(output), {"beam": 1}, device="cpu").translate(["uno dos"])[0].best.ids
 
     # --last 2 on the run directory picks the same two checkpoints
     again = tmp_path / "avg-last.pt"

@@ -246,9 +246,9 @@ def test_interactive_prompt_translates_and_draws_attention(toy_model, translator
     import matplotlib
 
     line = corpus[0][5]
-    best = translator.translate([line])[0][0]
-    expected = translator.text(best)
-    heatmap = attention_heatmap(*translator.pieces(line, best))
+    (translation,) = translator.translate([line])
+    expected = translation.best.text
+    heatmap = attention_heatmap(translation.source_pieces, translation.best.pieces, translation.best.attention)
     assert expected and any(shade in heatmap for shade in SHADES[1:])
     home, png_dir = tmp_path / "home", tmp_path / "png"
     home.mkdir()

@@ -4,6 +4,7 @@ true (length-normalised) log-probabilities, attention is well formed, padding ne
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -12,8 +13,18 @@ from torch.nn.utils.rnn import pad_sequence
 
 from seq2seq.checkpoint import load_trained
 from seq2seq.config import DecodeConfig, ModelConfig
+from seq2seq.ensemble import Ensemble
 from seq2seq.model import Seq2Seq
-from seq2seq.search import Hypothesis, beam_search, decode_lines, greedy_search, length_penalty, max_output_lengths
+from seq2seq.search import (
+    Hypothesis,
+    beam_search,
+    coverage_penalty,
+    decode_lines,
+    greedy_search,
+    length_penalty,
+    max_output_lengths,
+    sampling_distribution,
+)
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 ATOL = 1e-4
@@ -290,3 +301,85 @@ def test_decode_lines_truncates_long_sources(trained):
     first_words = " ".join(line.split()[:9])
     (same,) = decode_lines(model, tokenizer, [first_words], torch.device("cpu"), DecodeConfig(beam=1))[0]
     assert best.ids == same.ids
+
+
+# --- sampling, the coverage penalty, the same output whatever the batch ----------------------------------------
+
+
+def test_top_k_and_top_p_cut_the_distribution():
+    log_probs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    top_two = sampling_distribution(log_probs, DecodeConfig(top_k=2))
+    torch.testing.assert_close(top_two, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    nucleus = sampling_distribution(log_probs, DecodeConfig(top_p=0.85))  # 0.5 + 0.3 < 0.85: the third is needed
+    torch.testing.assert_close(nucleus, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
+    hot = sampling_distribution(log_probs, DecodeConfig(temperature=2.0))
+    torch.testing.assert_close(hot, torch.softmax(log_probs / 2, dim=-1))
+
+
+def sampled(trained, lines: list[str], **options) -> list[list]:
+    return decode_lines(
+        trained["model"], trained["tokenizer"], lines, torch.device("cpu"), DecodeConfig(sample=True, **options)
+    )
+
+
+def test_sampling_with_top_k_1_is_greedy(trained, mixed):
+    greedy = decode_lines(trained["model"], trained["tokenizer"], mixed, torch.device("cpu"), DecodeConfig(beam=1))
+    for one, (sample,) in zip(greedy, sampled(trained, mixed, top_k=1, seed=3)):
+        assert sample.ids == one[0].ids and sample.score == pytest.approx(one[0].score, abs=1e-5)
+
+
+def test_the_same_seed_gives_the_same_samples_and_another_seed_others(trained, mixed):
+    first = sampled(trained, mixed, n_best=3, temperature=3.0, seed=11)
+    again = sampled(trained, mixed, n_best=3, temperature=3.0, seed=11)
+    other = sampled(trained, mixed, n_best=3, temperature=3.0, seed=12)
+    assert [[h.ids for h in hs] for hs in first] == [[h.ids for h in hs] for hs in again]
+    assert [[h.ids for h in hs] for hs in first] != [[h.ids for h in hs] for hs in other]
+    assert all(len(hs) == 3 and hs[0].score >= hs[1].score >= hs[2].score for hs in first)
+
+
+def test_coverage_penalty_values():
+    covered = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.0, 0.5]])  # column sums 1.1 and 1.4: fully covered
+    assert coverage_penalty(covered, 0.4) == 0.0
+    half = torch.tensor([[0.5, 0.25]])
+    assert coverage_penalty(half, 0.4) == pytest.approx(0.4 * (math.log(0.5) + math.log(0.25)))
+
+
+def test_beam_scores_with_a_coverage_penalty(trained, mixed):
+    src, lengths = as_batch(trained["tokenizer"], mixed)
+    plain = beam_search(trained["model"], src, lengths, beam_size=3, alpha=0.6, n_best=3)
+    covered = beam_search(trained["model"], src, lengths, beam_size=3, alpha=0.6, n_best=3, coverage_penalty=2.0)
+    penalised = 0
+    for hypotheses in covered:
+        for h in hypotheses:
+            expected = h.log_prob / length_penalty(len(h.ids) + 1, 0.6) + coverage_penalty(h.attention, 2.0)
+            assert h.score == pytest.approx(expected, abs=1e-5)
+            penalised += coverage_penalty(h.attention, 2.0) < 0
+    assert penalised  # some source pieces were left uncovered, so the penalty did something
+    assert [h.ids for h in plain[1]] and plain != covered
+
+
+BATCHES = {"alone": [], "short": ["gato", "uno dos", "perro"], "long": [toy_sentence(30, seed=s) for s in (5, 6, 7)]}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        DecodeConfig(beam=1),
+        DecodeConfig(beam=5, n_best=2),
+        DecodeConfig(beam=4, coverage_penalty=0.5),
+        DecodeConfig(sample=True, n_best=2, temperature=2.0, top_p=0.9, seed=5),
+    ],
+    ids=["greedy", "beam", "coverage", "sampling"],
+)
+@pytest.mark.parametrize("ensemble", [False, True], ids=["model", "ensemble"])
+def test_a_sentence_decodes_the_same_whatever_its_batch(trained, options: DecodeConfig, ensemble: bool):
+    model = Ensemble([trained["model"], trained["model"]], [2.0, 1.0]) if ensemble else trained["model"]
+    sentence = "tres gato verde uno"
+    results = {
+        name: decode_lines(model, trained["tokenizer"], [*others, sentence], torch.device("cpu"), options)[-1]
+        for name, others in BATCHES.items()
+    }
+    alone = results.pop("alone")
+    for name, hypotheses in results.items():
+        assert [h.ids for h in hypotheses] == [h.ids for h in alone], name
+        assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-4), name

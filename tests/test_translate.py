@@ -7,13 +7,16 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import file_lines, toy_sentence, write_lines
 
 from seq2seq.cli import main
+from seq2seq.errors import UserError
 from seq2seq.search import max_output_lengths
 from seq2seq.translate import SHADES, Translator, attention_heatmap, translate_batch
 
@@ -34,7 +37,7 @@ def test_translate_batch_keeps_line_count_and_empty_lines(translator, corpus):
         if not line.strip():
             assert output == ""  # empty in, empty out
         else:
-            assert output == translator.text(translator.translate([line])[0][0])  # in its own place
+            assert output == translator.translate([line])[0].best.text  # in its own place
     memorised = dict(zip(sources, references))
     right = sum(output == memorised[line] for line, output in zip(lines, outputs) if line.strip())
     assert right >= 0.8 * sum(1 for line in lines if line.strip())
@@ -52,8 +55,8 @@ def test_translate_batch_truncates_a_very_long_line_with_a_warning(translator, c
     assert warnings == ["line 2 has 2000 pieces: only the first 249 are translated (--max-src-length)"]
     limit = int(max_output_lengths(torch.tensor([250]), 1.5)) - 1
     assert 0 < len(outputs[1].split()) <= limit
-    assert outputs[0] == translator.text(translator.translate([sources[0]])[0][0])
-    assert outputs[2] == translator.text(translator.translate([sources[1]])[0][0])
+    assert outputs[0] == translator.translate([sources[0]])[0].best.text
+    assert outputs[2] == translator.translate([sources[1]])[0].best.text
 
 
 def test_translate_batch_n_best(toy_model, corpus):
@@ -66,7 +69,7 @@ def test_translate_batch_n_best(toy_model, corpus):
     scores = [float(s) for s in fields[1::2]]
     assert scores == sorted(scores, reverse=True)
     one_best = Translator(str(toy_model["checkpoint"]), {"beam": 3}, device="cpu")
-    assert fields[0] == one_best.text(one_best.translate([corpus[0][0]])[0][0])  # the 1-best comes first
+    assert fields[0] == one_best.translate([corpus[0][0]])[0].best.text  # the 1-best comes first
     assert empty == " ||| 0.0000"
 
 
@@ -99,14 +102,14 @@ def test_cli_translate_batch_with_alignments(toy_model, translator, corpus, tmp_
             diagonal += sum(i == j for i, j in pairs)
             total += len(pairs)
     assert diagonal >= 0.5 * total  # word-for-word toy corpus: attention is mostly monotone
-    assert outputs[0] == translator.text(translator.translate([sources[0]])[0][0])
+    assert outputs[0] == translator.translate([sources[0]])[0].best.text
 
 
 def test_cli_translate_reads_stdin_and_writes_stdout(toy_model, translator, corpus, monkeypatch, capsys):
     lines = [corpus[0][4], "", corpus[0][5]]
     monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{line}\n" for line in lines)))
     assert main(["translate", str(toy_model["checkpoint"]), "--device", "cpu"]) == 0
-    expected = [translator.text(h[0]) for h in translator.translate(lines)]
+    expected = [t.best.text for t in translator.translate(lines)]
     assert capsys.readouterr().out == "".join(f"{t}\n" for t in expected)
     assert expected[1] == "" and expected[0] and expected[2]
 
@@ -154,5 +157,44 @@ def test_translator_takes_a_whole_decode_config_and_exposes_its_model(toy_model,
 
     translator = Translator(str(toy_model["checkpoint"]), DecodeConfig(beam=1), device="cpu")
     assert translator.options == DecodeConfig(beam=1) and not translator.model.training
-    (best,) = translator.translate([corpus[0][0]])[0]
-    assert translator.text(best) == corpus[1][0]
+    (translation,) = translator.translate([corpus[0][0]])
+    assert translation.best.text == corpus[1][0] and len(translation.hypotheses) == 1
+
+
+def readme_example(heading: str) -> str:
+    """The first ```python block after `heading` in the README."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split(heading, 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_api_example_runs_as_written(toy_model, tmp_path: Path, monkeypatch, capsys):
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    shutil.copy(toy_model["checkpoint"], tmp_path / "runs" / "quickstart" / "best.pt")  # the path the example uses
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(readme_example("## Python API"), namespace)  # noqa: S102 (the README example, run as written)
+    out, best, scores, samples = (namespace[name] for name in ("out", "best", "scores", "samples"))
+    assert len(out) == 1 and len(out[0].hypotheses) == 2 and best is out[0].hypotheses[0]
+    assert best.attention.shape == (len(best.pieces), len(out[0].source_pieces))
+    assert best.score >= out[0].hypotheses[1].score and scores[0].log_prob < 0
+    assert len(samples[0].hypotheses) == 3
+    assert best.text in capsys.readouterr().out
+
+
+def test_loading_once_and_translating_many_times_reads_the_checkpoint_once(toy_model, monkeypatch):
+    import seq2seq.checkpoint as checkpoint_module
+    from seq2seq import Translator as Exported
+
+    reads = []
+    original = checkpoint_module.load_checkpoint
+    monkeypatch.setattr(checkpoint_module, "load_checkpoint", lambda *a, **k: reads.append(a) or original(*a, **k))
+    translator = Exported.load(str(toy_model["checkpoint"]), device="cpu", beam=2)
+    model = translator.model
+    for n_best in (1, 2):
+        (translation,) = translator.translate(["uno dos"], n_best=n_best)
+        assert len(translation.hypotheses) == n_best
+    translator.score(["uno dos"], ["one two"])
+    assert len(reads) == 1 and translator.model is model
+    with pytest.raises(UserError, match=r"decoding option top_p \(--top-p\) must be in \(0, 1\], got 2.0"):
+        translator.translate(["uno"], sample=True, top_p=2.0)

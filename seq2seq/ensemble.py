@@ -1,0 +1,118 @@
+"""Several models decoding as one: the search's view of "the model".
+
+The searches in seq2seq/search.py ask an `Ensemble` to start on a batch of sources and then,
+step by step, for the log-probabilities of the next piece. With one model that is the model
+itself; with several, each model's log-probabilities are combined with weights that sum to 1
+(a log-linear ensemble, as in Marian and Sockeye), and the attention shown is their weighted mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from seq2seq.checkpoint import load_trained
+from seq2seq.config import Config
+from seq2seq.decoder import DecoderState, Memory
+from seq2seq.errors import UserError
+from seq2seq.model import Seq2Seq
+from seq2seq.tokenizer import PAD_ID, Tokenizer
+
+
+@dataclass
+class EnsembleState:
+    """Each model's attention memory and decoder state, for the rows still being searched."""
+
+    memories: list[Memory]
+    states: list[DecoderState]
+
+    def select(self, index: Tensor) -> EnsembleState:
+        """Rows `index` of every model's memory and decoder state (the sentences still going)."""
+        return self.select_memories(index).select_states(index)
+
+    def select_memories(self, index: Tensor) -> EnsembleState:
+        """Rows `index` of the memories only (beam search: the beams of a sentence share one memory)."""
+        return EnsembleState([m.select(index) for m in self.memories], self.states)
+
+    def select_states(self, index: Tensor) -> EnsembleState:
+        """Rows `index` of the decoder states only (beam search: each new beam continues its parent's state)."""
+        return EnsembleState(self.memories, [s.select(index) for s in self.states])
+
+
+class Ensemble:
+    """One or more models of the same vocabularies, decoding together."""
+
+    def __init__(self, models: Sequence[Seq2Seq], weights: Sequence[float] | None = None):
+        if not models:
+            raise UserError("give at least one checkpoint")
+        weights = list(weights) if weights is not None else [1.0] * len(models)
+        if len(weights) != len(models):
+            raise UserError(
+                f"--weights has {len(weights)} values for {len(models)} checkpoints: give one per checkpoint"
+            )
+        if any(not w > 0 for w in weights) or not all(torch.isfinite(torch.tensor(weights))):
+            raise UserError(f"--weights must all be positive finite numbers, got {weights}")
+        total = sum(weights)
+        self.models, self.weights = list(models), [w / total for w in weights]
+
+    def start(self, src: Tensor, src_lengths: Tensor) -> EnsembleState:
+        """Encode source ids [B, S] with every model."""
+        src_mask = src != PAD_ID
+        encoded = [model.encode(src, src_lengths, src_mask) for model in self.models]
+        return EnsembleState([memory for memory, _ in encoded], [state for _, state in encoded])
+
+    def step(self, previous: Tensor, state: EnsembleState) -> tuple[Tensor, Tensor, EnsembleState]:
+        """Log-probabilities [N, V] of the next piece after pieces `previous` [N, 1], attention [N, S], new state."""
+        log_probs, attention, states = None, None, []
+        for model, weight, memory, decoder_state in zip(self.models, self.weights, state.memories, state.states):
+            attentional, new_state, weights = model.decoder(previous, decoder_state, memory)  # [N, 1, H], _, [N, 1, S]
+            model_log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)
+            log_probs = weight * model_log_probs if log_probs is None else log_probs + weight * model_log_probs
+            attention = weight * weights[:, 0] if attention is None else attention + weight * weights[:, 0]
+            states.append(new_state)
+        assert log_probs is not None and attention is not None  # at least one model
+        return log_probs, attention, EnsembleState(state.memories, states)
+
+    def teacher_forced(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Log-probabilities [B, T, V] of every next piece given the target prefix (for scoring)."""
+        src_mask, every = src != PAD_ID, torch.ones_like(tgt_in, dtype=torch.bool)
+        combined = None
+        for model, weight in zip(self.models, self.weights):
+            logits = model(src, src_lengths, src_mask, tgt_in, every).view(*tgt_in.shape, -1)  # [B, T, V]
+            log_probs = weight * torch.log_softmax(logits.float(), dim=-1)
+            combined = log_probs if combined is None else combined + log_probs
+        assert combined is not None
+        return combined
+
+
+@dataclass
+class LoadedEnsemble:
+    """Checkpoints loaded for decoding together: the ensemble, the tokenizer and config they share."""
+
+    ensemble: Ensemble
+    tokenizer: Tokenizer
+    config: Config  # the first checkpoint's (its decode section gives the decoding defaults)
+    steps: list[int | None]
+
+
+def load_ensemble(
+    paths: str | Path | Sequence[str | Path], device: str | torch.device = "cpu", weights: Sequence[float] | None = None
+) -> LoadedEnsemble:
+    """Load one or more checkpoints; they must share the SentencePiece models and the languages."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise UserError("give at least one checkpoint")
+    loaded = [load_trained(path, device) for path in paths]
+    first = loaded[0]
+    for path, trained in zip(paths[1:], loaded[1:]):
+        if trained.tokenizer.state_dict() != first.tokenizer.state_dict():
+            raise UserError(f"{paths[0]} and {path} have different SentencePiece models: they cannot decode together")
+        languages = (trained.config.data.src_lang, trained.config.data.tgt_lang)
+        if languages != (first.config.data.src_lang, first.config.data.tgt_lang):
+            raise UserError(f"{paths[0]} and {path} translate different languages: they cannot decode together")
+    ensemble = Ensemble([trained.model for trained in loaded], weights)
+    return LoadedEnsemble(ensemble, first.tokenizer, first.config, [trained.step for trained in loaded])
