@@ -1,8 +1,10 @@
 """The side-by-side benchmark's set-up: the Joey config really is equivalent to ours, the vocabularies
-agree id for id, and the scoring helpers score. (The benchmark itself runs from the command line.)"""
+agree id for id, and the scoring helpers score; the committed decoding table is the script's rendering of its
+JSON. (The benchmarks themselves run from the command line.)"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
 
+import decoding
 import versus_joey
 
 
@@ -82,3 +85,11 @@ def test_split_files_cut_to_a_limit(tmp_path: Path):
     assert len(ref.read_text(encoding="utf-8").splitlines()) == 7
     full_src, _ = versus_joey.split_files(tmp_path, "test", None)
     assert src.read_text(encoding="utf-8").splitlines() == full_src.read_text(encoding="utf-8").splitlines()[:7]
+
+
+def test_the_committed_decoding_table_is_the_scripts_rendering_of_the_committed_json():
+    """docs/decoding.md is written from docs/decoding.json by scripts/bench/decoding.py, never edited by hand."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    results = json.loads((docs / "decoding.json").read_text(encoding="utf-8"))
+    assert (docs / "decoding.md").read_text(encoding="utf-8") == decoding.markdown(results)
+    assert len(results["commit"]) == 40 and results["dirty"] is False

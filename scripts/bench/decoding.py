@@ -4,8 +4,9 @@
     python scripts/bench/decoding.py --run runs/quickstart            # after `seq2seq train configs/quickstart.yaml`
 
 On the run's test split (the config's data.test), one measurement after another in this process:
-1. the best checkpoint alone, and each of the last step checkpoints alone (beam 5);
-2. those step checkpoints as an ensemble (equal weights), and their weight average (`seq2seq average`);
+1. the best checkpoint alone, and each of the last `--last` step checkpoints alone (beam 5);
+2. the last 2, 3, ... `--last` step checkpoints as an ensemble (equal weights), and their weight
+   average (`seq2seq average`);
 3. scoring the references with the best checkpoint against greedy decoding of the same sources.
 BLEU is sacreBLEU's on detokenized text; speeds are sentences per second of decoding (model
 loading excluded). Writes OUTPUT.json (with the full commit hash and whether the tree was dirty)
@@ -85,23 +86,28 @@ def measure(run_dir: RunDir, last: int) -> dict:
     results: dict = {"test_sentences": len(sources), "beam": beam.beam, "alpha": beam.alpha}
     results["best_single"] = decode_run([run_dir.best], sources, references, beam)
     results["step_singles"] = [decode_run([path], sources, references, beam) for path in steps]
-    results["ensemble"] = decode_run(steps, sources, references, beam)
-    with tempfile.TemporaryDirectory() as scratch:
-        averaged = Path(scratch) / "average.pt"
-        average_checkpoints([str(p) for p in steps], str(averaged))
-        results["average"] = decode_run([averaged], sources, references, beam)
-        results["average"]["checkpoints"] = [f"average of {', '.join(p.name for p in steps)}"]
+    results["ensembles"], results["averages"] = [], []
+    for count in range(2, last + 1):
+        newest = steps[-count:]
+        results["ensembles"].append(decode_run(newest, sources, references, beam))
+        with tempfile.TemporaryDirectory() as scratch:
+            averaged = Path(scratch) / "average.pt"
+            average_checkpoints([str(p) for p in newest], str(averaged))
+            results["averages"].append(decode_run([averaged], sources, references, beam))
+        results["averages"][-1]["checkpoints"] = [f"average of {', '.join(p.name for p in newest)}"]
     results["greedy_best"] = decode_run([run_dir.best], sources, references, greedy)
     results["score_best"] = score_run(run_dir.best, sources, references, beam.batch_tokens)
-    single = results["best_single"]["sentences_per_s"]
+    single, pair = results["best_single"], results["ensembles"][0]
     results["ratios"] = {
-        "ensemble_speed_vs_best_single": round(results["ensemble"]["sentences_per_s"] / single, 3),
+        "ensemble_of_2_speed_vs_best_single": round(pair["sentences_per_s"] / single["sentences_per_s"], 3),
         "score_speed_vs_greedy": round(
             results["score_best"]["sentences_per_s"] / results["greedy_best"]["sentences_per_s"], 3
         ),
-        "ensemble_bleu_minus_best_single": round(results["ensemble"]["bleu"] - results["best_single"]["bleu"], 2),
-        "ensemble_bleu_minus_average": round(results["ensemble"]["bleu"] - results["average"]["bleu"], 2),
     }
+    for ensemble, average in zip(results["ensembles"], results["averages"]):
+        count = len(ensemble["checkpoints"])
+        results["ratios"][f"ensemble_of_{count}_bleu_minus_best_single"] = round(ensemble["bleu"] - single["bleu"], 2)
+        results["ratios"][f"ensemble_of_{count}_bleu_minus_average"] = round(ensemble["bleu"] - average["bleu"], 2)
     return results
 
 
@@ -110,9 +116,10 @@ def markdown(results: dict) -> str:
     rows = [
         ("best checkpoint alone", results["best_single"]),
         *((f"{Path(r['checkpoints'][0]).name} alone", r) for r in results["step_singles"]),
-        (f"ensemble of the last {len(results['step_singles'])} step checkpoints", results["ensemble"]),
-        ("their weight average (`seq2seq average`)", results["average"]),
     ]
+    for ensemble, average in zip(results["ensembles"], results["averages"]):
+        names = ", ".join(Path(p).name for p in ensemble["checkpoints"])
+        rows += [(f"ensemble of {names}", ensemble), ("their weight average (`seq2seq average`)", average)]
     lines = [
         f"# Ensembles, averaging and scoring ({results['date']}, commit {results['commit']})",
         "",
@@ -141,7 +148,9 @@ def markdown(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "quickstart"), help="a finished run directory")
-    parser.add_argument("--last", type=int, default=2, help="step checkpoints in the ensemble and the average")
+    parser.add_argument(
+        "--last", type=int, default=3, help="ensembles and averages of the last 2 ... N step checkpoints"
+    )
     parser.add_argument("--output", default=str(ROOT / "docs" / "decoding"), help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
