@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -67,15 +68,16 @@ class Ensemble:
 
     def step(self, previous: Tensor, state: EnsembleState) -> tuple[Tensor, Tensor, EnsembleState]:
         """Log-probabilities [N, V] of the next piece after pieces `previous` [N, 1], attention [N, S], new state."""
-        log_probs, attention, states = None, None, []
-        for model, weight, memory, decoder_state in zip(self.models, self.weights, state.memories, state.states):
-            attentional, new_state, weights = model.decoder(previous, decoder_state, memory)  # [N, 1, H], _, [N, 1, S]
-            model_log_probs = torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1)
-            log_probs = weight * model_log_probs if log_probs is None else log_probs + weight * model_log_probs
-            attention = weight * weights[:, 0] if attention is None else attention + weight * weights[:, 0]
-            states.append(new_state)
-        assert log_probs is not None and attention is not None  # at least one model
-        return log_probs, attention, EnsembleState(state.memories, states)
+        steps = [
+            _model_step(model, previous, memory, decoder_state)
+            for model, memory, decoder_state in zip(self.models, state.memories, state.states)
+        ]
+        states = EnsembleState(state.memories, [new_state for _, _, new_state in steps])
+        if len(steps) == 1:  # one model: its own values, no arithmetic
+            return steps[0][0], steps[0][1], states
+        log_probs = sum(weight * log_probs for weight, (log_probs, _, _) in zip(self.weights, steps))
+        attention = sum(weight * attention for weight, (_, attention, _) in zip(self.weights, steps))
+        return cast(Tensor, log_probs), cast(Tensor, attention), states
 
     def teacher_forced(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Log-probabilities [B, T, V] of every next piece given the target prefix (for scoring)."""
@@ -87,6 +89,14 @@ class Ensemble:
             combined = log_probs if combined is None else combined + log_probs
         assert combined is not None
         return combined
+
+
+def _model_step(
+    model: Seq2Seq, previous: Tensor, memory: Memory, state: DecoderState
+) -> tuple[Tensor, Tensor, DecoderState]:
+    """One model's next-piece log-probabilities [N, V], attention [N, S] and new state."""
+    attentional, new_state, weights = model.decoder(previous, state, memory)  # [N, 1, H], _, [N, 1, S]
+    return torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1), weights[:, 0], new_state
 
 
 @dataclass
