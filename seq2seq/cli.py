@@ -132,13 +132,15 @@ def _score(args: argparse.Namespace) -> int:
     decode = _decode_overrides(args)
     sources, targets = read_parallel_files(Path(args.src), Path(args.tgt), what="input")
     translator = Translator(args.checkpoint, decode, args.device, args.weights)
-    with tqdm(total=len(sources), unit="sent", desc="scoring", disable=None if len(sources) > 50 else True) as bar:
-        results = translator.score(sources, targets, progress=bar)
-    try:
-        with open(args.output, "w", encoding="utf-8") if args.output else contextlib.nullcontext(sys.stdout) as sink:
-            write_scores(results, sink, args.format, args.per_piece)
-    except OSError as exc:
-        raise UserError(f"cannot write {exc.filename}: {exc.strerror}") from None
+    with contextlib.ExitStack() as files:
+        try:  # opened before scoring: a bad path fails at once
+            sink = files.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
+        except OSError as exc:
+            raise UserError(f"cannot open {exc.filename}: {exc.strerror}") from None
+        quiet = None if len(sources) > 50 else True
+        with tqdm(total=len(sources), unit="sent", desc="scoring", disable=quiet, file=sys.stderr) as bar:
+            results = translator.score(sources, targets, progress=bar)
+        write_scores(results, sink, args.format, args.per_piece)
     return 0
 
 

@@ -135,12 +135,12 @@ class DecodeConfig:
     beam: int = 5  # beam size; 1: greedy search
     alpha: float = 1.0  # GNMT length penalty ((5 + length) / 6) ** alpha; 0: none
     max_output_ratio: float = 1.5  # outputs stop at this x source length + 5 pieces
-    batch_tokens: int = 4000  # padded source tokens per decoding batch (divided by the beam size)
+    batch_tokens: int = 4000  # padded source tokens per decoding batch (divided by the beam size or samples)
     max_src_length: int | None = 250  # longer inputs are truncated, with a warning (null: never)
     n_best: int = 1  # hypotheses returned per sentence (the beam is at least this wide; samples when sampling)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls to bfloat16
     coverage_penalty: float = 0.0  # GNMT coverage penalty beta for beam search; 0: none
-    sample: bool = False  # draw n_best samples per sentence instead of searching (beam and alpha are ignored)
+    sample: bool = False  # draw n_best samples per sentence instead of searching (beam, alpha, coverage ignored)
     temperature: float = 1.0  # sampling: divides the log-probabilities (< 1 sharper, > 1 flatter)
     top_k: int = 0  # sampling: only from the k most probable pieces; 0: all
     top_p: float = 1.0  # sampling: only from the smallest set of pieces with this much probability (nucleus)
@@ -449,7 +449,27 @@ def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | Decode
             raise ConfigError(f"{name(key)} must be {_type_name(hints[key])}, got {value!r}") from None
     decode = dataclasses.replace(base, **values)
     check_decode(decode, name)
+    _warn_unused(decode, list(values))
     return decode
+
+
+SEARCH_ONLY = ("beam", "alpha", "coverage_penalty")
+SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
+
+
+def _warn_unused(decode: DecodeConfig, given: list[str]) -> None:
+    """A warning for decoding options given that this kind of decoding does not use."""
+    if decode.sample:
+        unused = [f"--{key.replace('_', '-')}" for key in given if key in SEARCH_ONLY]
+        reason = "ignored when sampling (--sample)"
+    else:
+        unused = [f"--{key.replace('_', '-')}" for key in given if key in SAMPLING_ONLY]
+        reason = "only used when sampling (--sample): ignored"
+        if "coverage_penalty" in given and max(decode.beam, decode.n_best) == 1:
+            unused.append("--coverage-penalty")
+            reason = "not used by this decoding (sampling options need --sample, the coverage penalty --beam > 1)"
+    if unused:
+        log.warning("%s %s", ", ".join(unused), reason)
 
 
 def migrate_keys(data: dict, where: str | None = None) -> dict:

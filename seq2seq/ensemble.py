@@ -2,12 +2,14 @@
 
 The searches in seq2seq/search.py ask an `Ensemble` to start on a batch of sources and then,
 step by step, for the log-probabilities of the next piece. With one model that is the model
-itself; with several, each model's log-probabilities are combined with weights that sum to 1
-(a log-linear ensemble, as in Marian and Sockeye), and the attention shown is their weighted mean.
+itself; with several, each model's log-probabilities are combined with weights that sum to 1 and
+normalised again (a log-linear ensemble: a weighted geometric mean of the models' distributions),
+and the attention shown is their weighted mean.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +52,7 @@ class Ensemble:
     def __init__(self, models: Sequence[Seq2Seq], weights: Sequence[float] | None = None):
         if not models:
             raise UserError("give at least one checkpoint")
-        weights = list(weights) if weights is not None else [1.0] * len(models)
-        if len(weights) != len(models):
-            raise UserError(
-                f"--weights has {len(weights)} values for {len(models)} checkpoints: give one per checkpoint"
-            )
-        if any(not w > 0 for w in weights) or not all(torch.isfinite(torch.tensor(weights))):
-            raise UserError(f"--weights must all be positive finite numbers, got {weights}")
+        weights = check_weights(weights, len(models))
         total = sum(weights)
         self.models, self.weights = list(models), [w / total for w in weights]
 
@@ -75,9 +71,9 @@ class Ensemble:
         states = EnsembleState(state.memories, [new_state for _, _, new_state in steps])
         if len(steps) == 1:  # one model: its own values, no arithmetic
             return steps[0][0], steps[0][1], states
-        log_probs = sum(weight * log_probs for weight, (log_probs, _, _) in zip(self.weights, steps))
+        combined = sum(weight * log_probs for weight, (log_probs, _, _) in zip(self.weights, steps))
         attention = sum(weight * attention for weight, (_, attention, _) in zip(self.weights, steps))
-        return cast(Tensor, log_probs), cast(Tensor, attention), states
+        return torch.log_softmax(cast(Tensor, combined), dim=-1), cast(Tensor, attention), states
 
     def teacher_forced(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Log-probabilities [B, T, V] of every next piece given the target prefix (for scoring)."""
@@ -88,7 +84,20 @@ class Ensemble:
             log_probs = weight * torch.log_softmax(logits.float(), dim=-1)
             combined = log_probs if combined is None else combined + log_probs
         assert combined is not None
-        return combined
+        return combined if len(self.models) == 1 else torch.log_softmax(combined, dim=-1)
+
+
+def check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """Ensemble weights, one positive finite number per checkpoint (None: equal weights)."""
+    if weights is None:
+        return [1.0] * count
+    if count < 2:
+        raise UserError("ensemble weights (--weights) need two or more checkpoints")
+    if len(weights) != count:
+        raise UserError(f"{len(weights)} ensemble weights (--weights) for {count} checkpoints: give one per checkpoint")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise UserError(f"ensemble weights (--weights) must be positive finite numbers, got {list(weights)}")
+    return list(weights)
 
 
 def _model_step(
@@ -116,6 +125,7 @@ def load_ensemble(
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise UserError("give at least one checkpoint")
+    check_weights(weights, len(paths))  # before the checkpoints are read
     loaded = [load_trained(path, device) for path in paths]
     first = loaded[0]
     for path, trained in zip(paths[1:], loaded[1:]):

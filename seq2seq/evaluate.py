@@ -38,7 +38,7 @@ def test_files(config: Config, split: str, src: str | None, ref: str | None) -> 
 
 
 def evaluate(
-    checkpoint: str | Sequence[str],
+    checkpoint: str | Path | Sequence[str | Path],
     split: str = "test",
     src: str | None = None,
     ref: str | None = None,
@@ -52,7 +52,7 @@ def evaluate(
 
     `decode` overrides the (first) checkpoint's decode section (e.g. {"beam": 1}).
     """
-    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
     torch_device = resolve_device(device)
     loaded = load_ensemble(checkpoints, torch_device, weights)
     options = dataclasses.replace(decode_with(loaded.config.decode, decode), n_best=1)  # only the best is scored
@@ -89,8 +89,8 @@ def _output_paths(
     checkpoints: list[str], name: str, options: DecodeConfig, output: str | None, report: str | None
 ) -> tuple[Path, Path]:
     """Hypotheses and report files: as given, or beside the (first) checkpoint, e.g. best.test.beam5.hyp / .json
-    (best.ensemble3.test.beam5.hyp for an ensemble of three, best.test.sample.hyp when sampling)."""
-    search = "sample" if options.sample else f"beam{options.beam}" if options.beam > 1 else "greedy"
+    (best.ensemble3.test.beam5.hyp for an ensemble of three, best.test.sample7.hyp when sampling with seed 7)."""
+    search = f"sample{options.seed}" if options.sample else f"beam{options.beam}" if options.beam > 1 else "greedy"
     first = Path(checkpoints[0])
     ensemble = f".ensemble{len(checkpoints)}" if len(checkpoints) > 1 else ""
     output_path = Path(output) if output else first.with_name(f"{first.stem}{ensemble}.{name}.{search}.hyp")

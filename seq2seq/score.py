@@ -74,10 +74,11 @@ def _batches(order: list[int], width: list[int], batch_tokens: int) -> list[list
 
 
 def write_scores(results: list[Scored | None], sink: TextIO, output_format: str, per_piece: bool) -> None:
-    """One line per pair: TSV (log-probability, per piece[, each piece's]) or a JSON object; empty for no source."""
+    """One line per pair: TSV (log-probability, per piece[, each piece's]) or a JSON object; for an empty source an
+    empty line (TSV) or null (JSON lines)."""
     for scored in results:
         if scored is None:
-            sink.write("\n")
+            sink.write("null\n" if output_format == "jsonl" else "\n")
         elif output_format == "jsonl":
             record: dict[str, Any] = {"log_prob": scored.log_prob, "per_piece": scored.per_piece}
             if per_piece:

@@ -1,7 +1,7 @@
-"""Decoding: greedy and beam search over batches of sentences, and `decode_lines` for raw text.
+"""Decoding: greedy search, beam search and sampling over batches of sentences, and `decode_lines` for raw text.
 
-Both searches return, for each sentence, hypotheses with their scores and the attention of
-every output piece. `decode_lines` tokenizes, truncates, batches by length and decodes lines
+Each returns, for each sentence, hypotheses with their scores and the attention of every output
+piece. `decode_lines` tokenizes, truncates, batches by length and decodes lines
 with the options of a `DecodeConfig` (seq2seq/config.py: where every decoding default lives).
 """
 
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class Hypothesis:
     """One output: piece ids (without EOS), its score, attention [len(ids) + 1, S], log-probability.
 
-    `score` ranks hypotheses: the log-probability divided by the length penalty (beam search), or
-    the log-probability itself (greedy search).
+    `score` ranks hypotheses: in beam search the log-probability divided by the length penalty, plus
+    the coverage penalty; in greedy search and sampling the log-probability itself.
     """
 
     ids: list[int]
@@ -76,16 +76,17 @@ def greedy_search(
 def sample_search(
     model: Seq2Seq | Ensemble, src: Tensor, src_lengths: Tensor, options: DecodeConfig, seeds: list[int]
 ) -> list[Hypothesis]:
-    """One sample for each source row of [B, S], drawn with `options`' temperature, top-k and top-p.
+    """`len(seeds) // B` samples for each source row of [B, S] (rows in order, each sentence's samples together),
+    drawn with `options`' temperature, top-k and top-p.
 
-    Row i draws from its own generator seeded with seeds[i], so a sentence's sample does not depend
+    Sample i draws from its own generator seeded with seeds[i], so a sentence's samples do not depend
     on the other sentences in its batch. The score is the sample's log-probability under the model.
     """
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
 
     def draw(log_probs: Tensor, rows: Tensor) -> Tensor:
         probs = sampling_distribution(log_probs, options)  # [N, V]
-        uniform = torch.stack([torch.rand((), generator=generators[int(row)]) for row in rows]).to(probs.device)
+        uniform = torch.stack([torch.rand((), generator=generators[row]) for row in rows.tolist()]).to(probs.device)
         cumulative = probs.cumsum(dim=-1)
         return (
             torch.searchsorted(cumulative, uniform[:, None] * cumulative[:, -1:], right=True)
@@ -93,19 +94,22 @@ def sample_search(
             .clamp_(max=probs.size(1) - 1)
         )
 
-    return _stepwise_search(as_ensemble(model), src, src_lengths, options.max_output_ratio, draw)
+    copies = len(seeds) // src.size(0)
+    return _stepwise_search(as_ensemble(model), src, src_lengths, options.max_output_ratio, draw, copies)
 
 
 def sampling_distribution(log_probs: Tensor, options: DecodeConfig) -> Tensor:
     """Probabilities [N, V] to sample from: log-probabilities [N, V] tempered, then cut to top-k and top-p."""
-    logits = log_probs / options.temperature
+    # The best piece at 0 before dividing: a tiny temperature cannot turn every logit into -inf.
+    logits = (log_probs - log_probs.amax(dim=-1, keepdim=True)) / options.temperature
     if options.top_k:
-        kth = logits.topk(min(options.top_k, logits.size(1)), dim=-1).values[:, -1:]  # [N, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        top = logits.topk(min(options.top_k, logits.size(1)), dim=-1).indices  # [N, k]: exactly k, ties or not
+        kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top, True)
+        logits = logits.masked_fill(~kept, float("-inf"))
     if options.top_p < 1.0:
         ordered, order = logits.sort(dim=-1, descending=True)
         probs = torch.softmax(ordered, dim=-1)
-        beyond = probs.cumsum(dim=-1) - probs > options.top_p  # pieces after the nucleus is full
+        beyond = probs.cumsum(dim=-1) - probs >= options.top_p  # pieces after the nucleus is full
         logits = logits.scatter(1, order, ordered.masked_fill(beyond, float("-inf")))
     return torch.softmax(logits, dim=-1)
 
@@ -116,13 +120,15 @@ def _stepwise_search(
     src_lengths: Tensor,
     max_output_ratio: float,
     choose: Callable[[Tensor, Tensor], Tensor | None],
+    copies: int = 1,
 ) -> list[Hypothesis]:
-    """One hypothesis per row: the piece `choose(log_probs, rows)` picks at each step (None: the most probable).
-
-    Sentences leave the batch as soon as they end, so the rest decode faster.
+    """`copies` hypotheses per source row: the piece `choose(log_probs, rows)` picks at each step (None: the most
+    probable). The sources are encoded once; sentences leave the batch as soon as they end.
     """
-    state = ensemble.start(src, src_lengths)
-    batch, device = src.size(0), src.device
+    rows = torch.arange(src.size(0), device=src.device).repeat_interleave(copies)
+    state = ensemble.start(src, src_lengths).select(rows) if copies > 1 else ensemble.start(src, src_lengths)
+    src_lengths = src_lengths[rows]
+    batch, device = src_lengths.size(0), src.device
     limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
     alive = torch.arange(batch, device=device)  # [B']: the sentences still being decoded
     previous = torch.full((batch, 1), BOS_ID, dtype=torch.long, device=device)  # [B', 1]
@@ -179,7 +185,7 @@ def beam_search(
     alpha: float = 1.0,
     max_output_ratio: float = 1.5,
     n_best: int = 1,
-    coverage_penalty: float = 0.0,
+    coverage_beta: float = 0.0,
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of source ids [B, S]: the `n_best` best hypotheses of each sentence.
 
@@ -188,7 +194,7 @@ def beam_search(
     (scored with the length penalty), and the K best others stay alive. A sentence is done once it
     has K finished hypotheses and leaves the batch. Finished hypotheses never take part in later
     steps, so padding never enters a score. With K = 1 this is exactly greedy search. A finished
-    hypothesis's score also gains the GNMT coverage penalty (`coverage_penalty` beta; 0: none).
+    hypothesis's score also gains the GNMT coverage penalty with weight `coverage_beta` (0: none).
     """
     device, batch, k = src.device, src.size(0), beam_size
     ensemble = as_ensemble(model)
@@ -206,8 +212,7 @@ def beam_search(
         log_probs = mask_next(log_probs, (limits[alive] == step + 1).repeat_interleave(k))
         candidates = _Candidates.best(scores, log_probs, k)
         attention = torch.cat([attention, step_weights[:, None].float()], dim=1)  # [B'*K, t+1, S]
-        penalties = (alpha, coverage_penalty)
-        _collect_finished(finished, candidates, alive, tokens, attention, src_lengths, penalties)
+        _collect_finished(finished, candidates, alive, tokens, attention, src_lengths, alpha, coverage_beta)
         going = torch.tensor([len(finished[int(b)]) < k for b in alive], device=device)  # [B']
         if not bool(going.any()):
             break
@@ -262,13 +267,11 @@ def _collect_finished(
     tokens: Tensor,
     attention: Tensor,
     src_lengths: Tensor,
-    penalties: tuple[float, float],
+    alpha: float,
+    beta: float,
 ) -> None:
-    """Add the hypotheses that end at this step to `finished` (at most K per sentence).
-
-    `penalties`: the length penalty's alpha and the coverage penalty's beta.
-    """
-    alpha, beta = penalties
+    """Add the hypotheses that end at this step to `finished` (at most K per sentence), scored with the
+    length penalty (alpha) and the coverage penalty (beta)."""
     for i, j in candidates.finishing():
         b = int(alive[i])
         if len(finished[b]) >= candidates.k:
@@ -326,9 +329,8 @@ def _search(
     """The hypotheses of each source row: sampled, greedy or beam search, as `options` say."""
     if options.sample:
         n = options.n_best
-        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(n)
         seeds = [sample_seed(options.seed, ids, draw) for ids in sources for draw in range(n)]
-        samples = sample_search(model, src[rows], src_lengths[rows], options, seeds)
+        samples = sample_search(model, src, src_lengths, options, seeds)
         return [sorted(samples[i * n : (i + 1) * n], key=lambda h: h.score, reverse=True) for i in range(len(sources))]
     beam_size = max(options.beam, options.n_best)
     if beam_size == 1:

@@ -50,7 +50,8 @@ def test_weights_combine_the_models_log_probabilities(two_models):
     tgt_in = torch.tensor([[BOS_ID] + first.tokenizer.encode_tgt(["one two"])[0]])
     alone = [Ensemble([t.model]).teacher_forced(src, lengths, tgt_in) for t in two_models]
     together = Ensemble([first.model, second.model], weights=[3.0, 1.0]).teacher_forced(src, lengths, tgt_in)
-    torch.testing.assert_close(together, 0.75 * alone[0] + 0.25 * alone[1])
+    torch.testing.assert_close(together, torch.log_softmax(0.75 * alone[0] + 0.25 * alone[1], dim=-1))
+    torch.testing.assert_close(together.exp().sum(-1), torch.ones(1, tgt_in.size(1)))  # a distribution again
     assert not torch.allclose(alone[0], alone[1])  # so the mix is not trivially either one
 
 
@@ -87,9 +88,9 @@ def test_checkpoints_of_other_languages_or_tokenizers_cannot_decode_together(toy
 @pytest.mark.parametrize(
     ("weights", "message"),
     [
-        (["1"], "--weights has 1 values for 2 checkpoints: give one per checkpoint"),
-        (["1", "0"], "--weights must all be positive finite numbers"),
-        (["1", "nan"], "--weights must all be positive finite numbers"),
+        (["1"], "1 ensemble weights (--weights) for 2 checkpoints: give one per checkpoint"),
+        (["1", "0"], "ensemble weights (--weights) must be positive finite numbers, got [1.0, 0.0]"),
+        (["1", "nan"], "ensemble weights (--weights) must be positive finite numbers"),
     ],
 )
 def test_bad_ensemble_weights_are_one_clear_error(toy_model: dict, capsys, weights: list[str], message: str):
@@ -97,6 +98,42 @@ def test_bad_ensemble_weights_are_one_clear_error(toy_model: dict, capsys, weigh
     args = ["evaluate", checkpoint, checkpoint, "--src", str(toy_model["src"]), "--ref", str(toy_model["ref"])]
     assert main([*args, "--weights", *weights]) == 2
     assert message in one_line_error(capsys)
+
+
+def test_weights_for_a_single_checkpoint_are_refused_before_loading_it(tmp_path: Path, capsys):
+    missing = str(tmp_path / "missing.pt")  # never read: the weights are checked first
+    assert main(["translate", missing, "--weights", "2", "-i", str(tmp_path / "x")]) == 2
+    assert "ensemble weights (--weights) need two or more checkpoints" in one_line_error(capsys)
+
+
+def manual_greedy(models: list, weights: list[float], tokenizer, line: str, steps: int = 20) -> list[int]:
+    """Greedy decoding written out by hand: each model's log-softmax, weighted, summed and normalised again."""
+    src, lengths = source_batch(tokenizer, [line])
+    encoded = [m.encode(src, lengths, src != PAD_ID) for m in models]
+    states = [state for _, state in encoded]
+    previous, ids = torch.full((1, 1), BOS_ID), []
+    for _ in range(steps):
+        combined = 0
+        for index, (model, weight) in enumerate(zip(models, weights)):
+            attentional, states[index], _ = model.decoder(previous, states[index], encoded[index][0])
+            combined = combined + weight * torch.log_softmax(model.decoder.logits(attentional[:, 0]), dim=-1)
+        combined = torch.log_softmax(combined, dim=-1)
+        combined[:, PAD_ID] = float("-inf")
+        best = int(combined.argmax())
+        if best == EOS_ID:
+            break
+        ids.append(best)
+        previous = torch.tensor([[best]])
+    return ids
+
+
+def test_an_ensemble_of_two_different_models_decodes_as_the_written_out_combination(two_models):
+    first, second = two_models
+    ensemble = Ensemble([first.model, second.model], weights=[1.0, 3.0])
+    lines = ["uno dos tres", "gato perro casa rojo", toy_sentence(7, seed=8), toy_sentence(4, seed=9)]
+    found = decode_lines(ensemble, first.tokenizer, lines, CPU, DecodeConfig(beam=1))
+    for line, (hypothesis,) in zip(lines, found):
+        assert hypothesis.ids == manual_greedy([first.model, second.model], [0.25, 0.75], first.tokenizer, line)
 
 
 def test_evaluate_an_ensemble_from_the_command_line(toy_model: dict, tmp_path: Path, capsys):
@@ -107,3 +144,9 @@ def test_evaluate_an_ensemble_from_the_command_line(toy_model: dict, tmp_path: P
     saved = json.loads(report.read_text())
     assert saved["checkpoint"] == steps and saved["step"] == [40, 80] and saved["ensemble_weights"] == [0.25, 0.75]
     assert saved["bleu"] > 90
+    hypotheses = (tmp_path / "e.hyp").read_text().splitlines()
+    loaded = load_ensemble(steps, weights=[1, 3])
+    expected = decode_lines(
+        loaded.ensemble, loaded.tokenizer, toy_model["src"].read_text().splitlines(), CPU, DecodeConfig(beam=3)
+    )
+    assert hypotheses == [loaded.tokenizer.decode_tgt(best[0].ids) for best in expected]

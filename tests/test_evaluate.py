@@ -105,6 +105,13 @@ EVALUATE_ERRORS = {
     "--beam 0": (lambda m, t: ["--beam", "0"], "decoding option beam (--beam) must be greater than 0, got 0"),
     "negative --alpha": (lambda m, t: ["--alpha", "-1"], "decoding option alpha (--alpha) must be 0 or more"),
     "no test set": (lambda m, t: ["--split", "test"], "has no data.test set: give --src and --ref"),
+    "--temperature 0": (lambda m, t: ["--sample", "--temperature", "0"], "(--temperature) must be greater than 0"),
+    "--top-k -1": (lambda m, t: ["--sample", "--top-k", "-1"], "decoding option top_k (--top-k) must be 0 or more"),
+    "--top-p 0": (lambda m, t: ["--sample", "--top-p", "0"], "decoding option top_p (--top-p) must be in (0, 1]"),
+    "--top-p 1.5": (lambda m, t: ["--sample", "--top-p", "1.5"], "decoding option top_p (--top-p) must be in (0, 1]"),
+    "--seed -1": (lambda m, t: ["--sample", "--seed", "-1"], "decoding option seed (--seed) must be 0 or more"),
+    "--coverage-penalty -1": (lambda m, t: ["--coverage-penalty", "-1"], "(--coverage-penalty) must be 0 or more"),
+    "--temperature nan": (lambda m, t: ["--temperature", "nan"], "decoding option temperature (--temperature) must be"),
 }
 
 
@@ -159,3 +166,17 @@ def test_cli_average_needs_two_checkpoints(toy_model, tmp_path: Path, capsys):
     assert main(["average", str(toy_model["checkpoint"]), "-o", str(tmp_path / "avg.pt")]) == 2
     assert "at least two checkpoints" in one_line_error(capsys)
     assert not (tmp_path / "avg.pt").exists()
+
+
+def test_evaluate_takes_a_path_and_samples_with_a_seeded_file_name(toy_model, tmp_path: Path, caplog):
+    checkpoint = checkpoint_copy(toy_model, tmp_path)
+    report = evaluate(
+        checkpoint,
+        src=str(toy_model["src"]),
+        ref=str(toy_model["ref"]),
+        device="cpu",
+        decode={"sample": True, "seed": 7, "top_k": 1, "beam": 3},
+    )
+    assert report["checkpoint"] == str(checkpoint) and report["hypotheses"] == str(tmp_path / "best.dev.sample7.hyp")
+    assert report["bleu"] > 90  # top-k 1: the most probable piece each time, i.e. greedy
+    assert "--beam ignored when sampling (--sample)" in caplog.text

@@ -75,7 +75,9 @@ def test_score_from_the_command_line_as_tsv_and_json_lines(toy_model: dict, tmp_
     assert total < 0 and per_piece == pytest.approx(total / 3, abs=1e-3)  # "▁one ▁two </s>"
     args = ["score", checkpoint, "--src", str(src), "--tgt", str(tgt), "--per-piece", "--format", "jsonl"]
     assert main([*args, "-o", str(tmp_path / "s.jsonl")]) == 0
-    first = json.loads(file_lines(tmp_path / "s.jsonl")[0])
+    records = [json.loads(line) for line in file_lines(tmp_path / "s.jsonl")]
+    assert len(records) == 3 and records[1] is None  # an empty source: null, still one line
+    first = records[0]
     assert first["pieces"] == ["▁one", "▁two", "</s>"] and math.isclose(
         sum(first["piece_log_probs"]), first["log_prob"]
     )

@@ -314,6 +314,12 @@ def test_top_k_and_top_p_cut_the_distribution():
     torch.testing.assert_close(nucleus, torch.tensor([[0.5, 0.3, 0.15, 0.0]]) / 0.95)
     hot = sampling_distribution(log_probs, DecodeConfig(temperature=2.0))
     torch.testing.assert_close(hot, torch.softmax(log_probs / 2, dim=-1))
+    exact = sampling_distribution(torch.log(torch.tensor([[0.5, 0.25, 0.25]])), DecodeConfig(top_p=0.5))
+    torch.testing.assert_close(exact, torch.tensor([[1.0, 0.0, 0.0]]))  # 0.5 alone reaches top_p: nothing more
+    tied = sampling_distribution(torch.log(torch.tensor([[0.4, 0.2, 0.2, 0.2]])), DecodeConfig(top_k=2))
+    assert int((tied > 0).sum()) == 2  # exactly k pieces, ties or not
+    cold = sampling_distribution(log_probs, DecodeConfig(temperature=1e-40))
+    torch.testing.assert_close(cold, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))  # no overflow to NaN
 
 
 def sampled(trained, lines: list[str], **options) -> list[list]:
@@ -347,7 +353,7 @@ def test_coverage_penalty_values():
 def test_beam_scores_with_a_coverage_penalty(trained, mixed):
     src, lengths = as_batch(trained["tokenizer"], mixed)
     plain = beam_search(trained["model"], src, lengths, beam_size=3, alpha=0.6, n_best=3)
-    covered = beam_search(trained["model"], src, lengths, beam_size=3, alpha=0.6, n_best=3, coverage_penalty=2.0)
+    covered = beam_search(trained["model"], src, lengths, beam_size=3, alpha=0.6, n_best=3, coverage_beta=2.0)
     penalised = 0
     for hypotheses in covered:
         for h in hypotheses:
@@ -355,7 +361,11 @@ def test_beam_scores_with_a_coverage_penalty(trained, mixed):
             assert h.score == pytest.approx(expected, abs=1e-5)
             penalised += coverage_penalty(h.attention, 2.0) < 0
     assert penalised  # some source pieces were left uncovered, so the penalty did something
-    assert [h.ids for h in plain[1]] and plain != covered
+    # A dominant penalty ranks the finished hypothesis that covers the source best first.
+    dominant = beam_search(trained["model"], src, lengths, beam_size=3, alpha=0.6, n_best=3, coverage_beta=1e6)
+    for without, with_penalty in zip(plain, dominant):
+        best_plain, best_covered = without[0], with_penalty[0]
+        assert coverage_penalty(best_covered.attention, 1.0) >= coverage_penalty(best_plain.attention, 1.0) - 1e-6
 
 
 BATCHES = {"alone": [], "short": ["gato", "uno dos", "perro"], "long": [toy_sentence(30, seed=s) for s in (5, 6, 7)]}
@@ -372,8 +382,9 @@ BATCHES = {"alone": [], "short": ["gato", "uno dos", "perro"], "long": [toy_sent
     ids=["greedy", "beam", "coverage", "sampling"],
 )
 @pytest.mark.parametrize("ensemble", [False, True], ids=["model", "ensemble"])
-def test_a_sentence_decodes_the_same_whatever_its_batch(trained, options: DecodeConfig, ensemble: bool):
-    model = Ensemble([trained["model"], trained["model"]], [2.0, 1.0]) if ensemble else trained["model"]
+def test_a_sentence_decodes_the_same_whatever_its_batch(trained, toy_model, options: DecodeConfig, ensemble: bool):
+    earlier = load_trained(min(toy_model["run_dir"].glob("step-*.pt"))).model  # another model: step 40
+    model = Ensemble([trained["model"], earlier], [2.0, 1.0]) if ensemble else trained["model"]
     sentence = "tres gato verde uno"
     results = {
         name: decode_lines(model, trained["tokenizer"], [*others, sentence], torch.device("cpu"), options)[-1]
