@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import Tensor
@@ -69,22 +68,28 @@ class Ensemble:
             for model, memory, decoder_state in zip(self.models, state.memories, state.states)
         ]
         states = EnsembleState(state.memories, [new_state for _, _, new_state in steps])
-        if len(steps) == 1:  # one model: its own values, no arithmetic
-            return steps[0][0], steps[0][1], states
-        combined = sum(weight * log_probs for weight, (log_probs, _, _) in zip(self.weights, steps))
-        attention = sum(weight * attention for weight, (_, attention, _) in zip(self.weights, steps))
-        return torch.log_softmax(cast(Tensor, combined), dim=-1), cast(Tensor, attention), states
+        logits = self._combine([logits for logits, _, _ in steps])
+        attention = steps[0][1] if len(steps) == 1 else self._combine([attention for _, attention, _ in steps])
+        return torch.log_softmax(logits, dim=-1), attention, states
 
     def teacher_forced(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Log-probabilities [B, T, V] of every next piece given the target prefix (for scoring)."""
         src_mask, every = src != PAD_ID, torch.ones_like(tgt_in, dtype=torch.bool)
-        combined = None
-        for model, weight in zip(self.models, self.weights):
-            logits = model(src, src_lengths, src_mask, tgt_in, every).view(*tgt_in.shape, -1)  # [B, T, V]
-            log_probs = weight * torch.log_softmax(logits.float(), dim=-1)
-            combined = log_probs if combined is None else combined + log_probs
-        assert combined is not None
-        return combined if len(self.models) == 1 else torch.log_softmax(combined, dim=-1)
+        logits = [model(src, src_lengths, src_mask, tgt_in, every).view(*tgt_in.shape, -1) for model in self.models]
+        return torch.log_softmax(self._combine([x.float() for x in logits]), dim=-1)
+
+    def _combine(self, values: list[Tensor]) -> Tensor:
+        """The weighted sum of the models' values (a single model's own values, untouched).
+
+        For logits this is enough: normalising sum_i w_i log p_i again gives log_softmax(sum_i w_i z_i),
+        since each log p_i is its logits z_i minus a per-row constant; one log-softmax instead of one per model.
+        """
+        if len(values) == 1:
+            return values[0]
+        combined = values[0] * self.weights[0]
+        for value, weight in zip(values[1:], self.weights[1:]):
+            combined.add_(value, alpha=weight)
+        return combined
 
 
 def check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -103,9 +108,9 @@ def check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
 def _model_step(
     model: Seq2Seq, previous: Tensor, memory: Memory, state: DecoderState
 ) -> tuple[Tensor, Tensor, DecoderState]:
-    """One model's next-piece log-probabilities [N, V], attention [N, S] and new state."""
+    """One model's next-piece logits [N, V] (float32), attention [N, S] and new state."""
     attentional, new_state, weights = model.decoder(previous, state, memory)  # [N, 1, H], _, [N, 1, S]
-    return torch.log_softmax(model.decoder.logits(attentional[:, 0]).float(), dim=-1), weights[:, 0], new_state
+    return model.decoder.logits(attentional[:, 0]).float(), weights[:, 0], new_state
 
 
 @dataclass
