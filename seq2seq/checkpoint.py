@@ -33,7 +33,7 @@ from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KIND = "seq2seq-checkpoint"
 
 
@@ -141,7 +141,12 @@ def _split_optimizer_groups(payload: dict[str, Any]) -> None:
     ]
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 3: the decode section gained the sampling and coverage options; their defaults fill them in."""
+    return payload
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(payload: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from seq2seq.checkpoint import FORMAT_VERSION
 from seq2seq.cli import main
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint-v1"
@@ -142,4 +143,4 @@ def test_info_says_which_format_is_on_disk(run_copy: Path, capsys: pytest.Captur
     capsys.readouterr()
     cli("info", "run/last.pt")
     shown = json.loads(capsys.readouterr().out)
-    assert (shown["format_version"], shown["read_as_format"], shown["contents"]) == (1, 2, "training")
+    assert (shown["format_version"], shown["read_as_format"], shown["contents"]) == (1, FORMAT_VERSION, "training")
