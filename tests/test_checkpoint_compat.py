@@ -8,7 +8,7 @@ the fixture to make these tests pass: a failure means old checkpoints changed be
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -37,21 +37,16 @@ def cli(*argv: str) -> None:
     assert status == 0, f"seq2seq {' '.join(argv)} exited with {status}"
 
 
-def weight_checksums(path: Path) -> dict[str, dict]:
-    """Shape, dtype, float64 sum and sum of squares, and sha256 of the bytes of each model tensor."""
-    weights = torch.load(path, map_location="cpu", weights_only=True)["model"]
-    sums = {}
-    for name, tensor in sorted(weights.items()):
-        tensor = tensor.detach().cpu().contiguous()
-        as_double = tensor.double()
-        sums[name] = {
-            "shape": list(tensor.shape),
-            "dtype": str(tensor.dtype),
-            "sum": as_double.sum().item(),
-            "sum_of_squares": as_double.square().sum().item(),
-            "sha256": hashlib.sha256(tensor.numpy().tobytes()).hexdigest(),
-        }
-    return sums
+def _fixture_script():
+    """make_fixture.py, which wrote expected/: its checksum is the one the test compares against."""
+    spec = importlib.util.spec_from_file_location("make_fixture", FIXTURE / "make_fixture.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+weight_checksums = _fixture_script().weight_checksums  # shape, dtype, sums and sha256 of each model tensor
 
 
 @pytest.fixture
