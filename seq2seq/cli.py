@@ -78,7 +78,7 @@ def _decode_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from seq2seq.config import DecodeConfig, decode_with
 
     overrides = {name: getattr(args, name) for name in DECODE_HELP if getattr(args, name, None) is not None}
-    decode_with(DecodeConfig(), overrides)  # a bad flag is reported before any checkpoint is read
+    decode_with(DecodeConfig(), overrides, warn_unused=False)  # a bad flag fails before any checkpoint is read
     return overrides
 
 
@@ -196,19 +196,18 @@ def _add_checkpoints(parser: argparse.ArgumentParser) -> None:
 
 def _add_decode_arguments(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """Decoding flags for DecodeConfig fields `names`; each defaults to the checkpoint's `decode` section."""
-    from seq2seq.config import DecodeConfig, decode_choices
+    from seq2seq.config import DecodeConfig, decode_choices, flag
 
     default = DecodeConfig()
     for name in names:
-        flag = "--" + name.replace("_", "-")
         text = f"{DECODE_HELP[name]} (default: the checkpoint's decode.{name}, else {getattr(default, name)})"
         if name == "sample":
-            parser.add_argument(flag, action="store_true", default=None, help=text)
+            parser.add_argument(flag(name), action="store_true", default=None, help=text)
         elif name == "precision":
-            parser.add_argument(flag, choices=decode_choices(name), help=text)
+            parser.add_argument(flag(name), choices=decode_choices(name), help=text)
         else:
             value_type = int if name == "max_src_length" else type(getattr(default, name))
-            parser.add_argument(flag, type=value_type, help=text)
+            parser.add_argument(flag(name), type=value_type, help=text)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 

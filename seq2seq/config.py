@@ -398,9 +398,14 @@ def config_key(field_name: str) -> str:
     return f"config key 'decode.{field_name}'"
 
 
+def flag(field_name: str) -> str:
+    """The command-line flag of a decoding option: --max-src-length for max_src_length."""
+    return "--" + field_name.replace("_", "-")
+
+
 def option_name(field_name: str) -> str:
     """How messages name a decoding option given to a command or the Python API."""
-    return f"decoding option {field_name} (--{field_name.replace('_', '-')})"
+    return f"decoding option {field_name} ({flag(field_name)})"
 
 
 def check_decode(decode: DecodeConfig, name: typing.Callable[[str], str] = config_key) -> None:
@@ -424,10 +429,13 @@ def check_decode(decode: DecodeConfig, name: typing.Callable[[str], str] = confi
         raise ConfigError(f"{name('precision')} must be 'fp32' or 'bf16', got {decode.precision!r}")
 
 
-def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | DecodeConfig | None) -> DecodeConfig:
+def decode_with(
+    base: DecodeConfig, overrides: typing.Mapping[str, Any] | DecodeConfig | None, warn_unused: bool = True
+) -> DecodeConfig:
     """`base` (a checkpoint's decode section, say) with `overrides` applied (None values are ignored), checked.
 
-    `overrides` may also be a whole DecodeConfig, which then replaces `base`.
+    `overrides` may also be a whole DecodeConfig, which then replaces `base`. With `warn_unused`, options the
+    resulting decoding does not use are named in a warning.
     """
     name = option_name
     if isinstance(overrides, DecodeConfig):
@@ -449,7 +457,8 @@ def decode_with(base: DecodeConfig, overrides: typing.Mapping[str, Any] | Decode
             raise ConfigError(f"{name(key)} must be {_type_name(hints[key])}, got {value!r}") from None
     decode = dataclasses.replace(base, **values)
     check_decode(decode, name)
-    _warn_unused(decode, list(values))
+    if warn_unused:
+        _warn_unused(decode, list(values))
     return decode
 
 
@@ -460,10 +469,10 @@ SAMPLING_ONLY = ("temperature", "top_k", "top_p", "seed")
 def _warn_unused(decode: DecodeConfig, given: list[str]) -> None:
     """A warning for decoding options given that this kind of decoding does not use."""
     if decode.sample:
-        unused = [f"--{key.replace('_', '-')}" for key in given if key in SEARCH_ONLY]
+        unused = [flag(key) for key in given if key in SEARCH_ONLY]
         reason = "ignored when sampling (--sample)"
     else:
-        unused = [f"--{key.replace('_', '-')}" for key in given if key in SAMPLING_ONLY]
+        unused = [flag(key) for key in given if key in SAMPLING_ONLY]
         reason = "only used when sampling (--sample): ignored"
         if "coverage_penalty" in given and max(decode.beam, decode.n_best) == 1:
             unused.append("--coverage-penalty")

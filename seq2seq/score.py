@@ -11,7 +11,7 @@ import torch
 from seq2seq.data import collate
 from seq2seq.ensemble import Ensemble
 from seq2seq.model import Seq2Seq
-from seq2seq.search import as_ensemble
+from seq2seq.search import as_ensemble, length_batches
 from seq2seq.tokenizer import EOS_ID, Tokenizer
 
 END_PIECE = "</s>"  # how the end of sentence shows among a target's pieces
@@ -47,7 +47,7 @@ def score_lines(
     results: list[Scored | None] = [None] * len(sources)
     width = [max(len(s), len(t)) + 1 for s, t in zip(src_ids, tgt_ids)]
     order = sorted((i for i, ids in enumerate(src_ids) if ids), key=lambda i: width[i])
-    for batch in _batches(order, width, batch_tokens):
+    for batch in length_batches(order, width, batch_tokens):
         pairs = [(torch.tensor(src_ids[i] + [EOS_ID]), torch.tensor(tgt_ids[i] + [EOS_ID])) for i in batch]
         padded = collate(pairs).to(device)
         log_probs = ensemble.teacher_forced(padded.src, padded.src_lengths, padded.tgt_in)  # [B, T, V]
@@ -61,16 +61,6 @@ def score_lines(
     if progress is not None:
         progress.update(len(sources) - len(order))
     return results
-
-
-def _batches(order: list[int], width: list[int], batch_tokens: int) -> list[list[int]]:
-    """Indices sorted by width cut into batches of at most `batch_tokens` padded tokens a side."""
-    batches: list[list[int]] = [[]]
-    for index in order:
-        if batches[-1] and width[index] * (len(batches[-1]) + 1) > batch_tokens:
-            batches.append([])
-        batches[-1].append(index)
-    return [batch for batch in batches if batch]
 
 
 def write_scores(results: list[Scored | None], sink: TextIO, output_format: str, per_piece: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,9 +125,10 @@ def _stepwise_search(
     """`copies` hypotheses per source row: the piece `choose(log_probs, rows)` picks at each step (None: the most
     probable). The sources are encoded once; sentences leave the batch as soon as they end.
     """
-    rows = torch.arange(src.size(0), device=src.device).repeat_interleave(copies)
-    state = ensemble.start(src, src_lengths).select(rows) if copies > 1 else ensemble.start(src, src_lengths)
-    src_lengths = src_lengths[rows]
+    state = ensemble.start(src, src_lengths)
+    if copies > 1:
+        rows = torch.arange(src.size(0), device=src.device).repeat_interleave(copies)
+        state, src_lengths = state.select(rows), src_lengths[rows]
     batch, device = src_lengths.size(0), src.device
     limits = max_output_lengths(src_lengths, max_output_ratio).to(device)  # [B]
     alive = torch.arange(batch, device=device)  # [B']: the sentences still being decoded
@@ -308,7 +309,8 @@ def decode_lines(
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, torch.zeros(1, 0))] for _ in lines]
     rows_per_line = options.n_best if options.sample else max(options.beam, options.n_best)
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
-    for batch in _length_batches(order, encoded, max(1, options.batch_tokens // rows_per_line)):
+    widths = [len(ids) + 1 for ids in encoded]
+    for batch in length_batches(order, widths, max(1, options.batch_tokens // rows_per_line)):
         sources = [torch.tensor(encoded[i] + [EOS_ID]) for i in batch]
         src = torch.nn.utils.rnn.pad_sequence(sources, batch_first=True, padding_value=PAD_ID).to(device)
         src_lengths = torch.tensor([len(s) for s in sources], device=device)
@@ -370,13 +372,12 @@ def attention_view(
     return tokenizer.src_pieces(src_ids), tokenizer.tgt_pieces(hypothesis.ids), weights
 
 
-def _length_batches(order: list[int], encoded: list[list[int]], batch_tokens: int) -> list[list[int]]:
-    """Cut indices sorted by length into batches of at most `batch_tokens` padded source tokens."""
+def length_batches(order: list[int], widths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Cut indices sorted by width (padded pieces, EOS included) into batches of at most `batch_tokens` padded pieces."""
     batches: list[list[int]] = []
     batch: list[int] = []
     for index in order:
-        width = len(encoded[index]) + 1
-        if batch and width * (len(batch) + 1) > batch_tokens:
+        if batch and widths[index] * (len(batch) + 1) > batch_tokens:
             batches.append(batch)
             batch = []
         batch.append(index)

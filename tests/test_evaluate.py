@@ -180,3 +180,11 @@ def test_evaluate_takes_a_path_and_samples_with_a_seeded_file_name(toy_model, tm
     assert report["checkpoint"] == str(checkpoint) and report["hypotheses"] == str(tmp_path / "best.dev.sample7.hyp")
     assert report["bleu"] > 90  # top-k 1: the most probable piece each time, i.e. greedy
     assert "--beam ignored when sampling (--sample)" in caplog.text
+
+
+def test_an_option_the_decoding_does_not_use_is_named_once(toy_model, tmp_path: Path, capsys):
+    checkpoint = checkpoint_copy(toy_model, tmp_path)
+    args = ["evaluate", str(checkpoint), "--src", str(toy_model["src"]), "--ref", str(toy_model["ref"]), "--top-k", "5"]
+    assert main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "--top-k" in line]
+    assert len(warnings) == 1 and warnings[0].endswith("--top-k only used when sampling (--sample): ignored")
