@@ -453,8 +453,8 @@ def decode_with(
             raise ConfigError(f"unknown decoding option '{key}'{hint}; valid options: {', '.join(hints)}")
         try:
             values[key] = _convert(value, hints[key], key)
-        except ConfigError:
-            raise ConfigError(f"{name(key)} must be {_type_name(hints[key])}, got {value!r}") from None
+        except ConfigError as exc:  # the same reason, naming the option as the caller knows it
+            raise ConfigError(str(exc).replace(f"config key '{key}'", name(key), 1)) from None
     decode = dataclasses.replace(base, **values)
     check_decode(decode, name)
     if warn_unused:

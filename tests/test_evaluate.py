@@ -111,7 +111,14 @@ EVALUATE_ERRORS = {
     "--top-p 1.5": (lambda m, t: ["--sample", "--top-p", "1.5"], "decoding option top_p (--top-p) must be in (0, 1]"),
     "--seed -1": (lambda m, t: ["--sample", "--seed", "-1"], "decoding option seed (--seed) must be 0 or more"),
     "--coverage-penalty -1": (lambda m, t: ["--coverage-penalty", "-1"], "(--coverage-penalty) must be 0 or more"),
-    "--temperature nan": (lambda m, t: ["--temperature", "nan"], "decoding option temperature (--temperature) must be"),
+    "--temperature nan": (
+        lambda m, t: ["--temperature", "nan"],
+        "decoding option temperature (--temperature) must be a finite number, got nan",
+    ),
+    "--temperature inf": (
+        lambda m, t: ["--sample", "--temperature", "inf"],
+        "decoding option temperature (--temperature) must be a finite number, got inf",
+    ),
 }
 
 
