@@ -33,7 +33,7 @@ from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 KIND = "seq2seq-checkpoint"
 
 
@@ -146,7 +146,14 @@ def _v2_to_v3(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(payload: dict[str, Any]) -> dict[str, Any]:
+    """Format 4: a training checkpoint may carry `training_model` (the weights being trained when `model` holds
+    their moving average); the config gained train.init_from, train.ema_decay, train.tensorboard and
+    tokenizer.sampling, whose defaults (off) fill them in."""
+    return payload
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(payload: dict[str, Any]) -> dict[str, Any]:
@@ -210,17 +217,22 @@ class WeightsCheckpoint:
 
 @dataclass
 class TrainingCheckpoint:
-    """A weights checkpoint plus what resuming needs: optimizer, schedule, counters and random states."""
+    """A weights checkpoint plus what resuming needs: optimizer, schedule, counters and random states.
+
+    With a moving average of the weights (train.ema_decay), `weights.model` holds the average (what
+    translating uses) and `training_model` the weights the optimizer updates.
+    """
 
     weights: WeightsCheckpoint
     optimizer: dict[str, Any]
     schedule: dict[str, Any]
     state: TrainingState
     rng: dict[str, Any]  # python: one state; torch (and cuda): one state per process
+    training_model: dict[str, Tensor] | None = None  # None: the optimizer's weights are weights.model
 
     def to_payload(self) -> dict[str, Any]:
         """The plain dict written to disk."""
-        return {
+        payload = {
             **self.weights.to_payload(),
             "contents": "training",
             "optimizer": self.optimizer,
@@ -228,6 +240,9 @@ class TrainingCheckpoint:
             "training_state": dataclasses.asdict(self.state),
             "rng": self.rng,
         }
+        if self.training_model is not None:
+            payload["training_model"] = self.training_model
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], path: str | Path) -> TrainingCheckpoint:
@@ -243,7 +258,9 @@ class TrainingCheckpoint:
         known = {f.name for f in dataclasses.fields(TrainingState)}
         state = TrainingState(**{k: v for k, v in payload["training_state"].items() if k in known})
         weights = WeightsCheckpoint.from_payload(payload, path)
-        return cls(weights, payload["optimizer"], payload["schedule"], state, payload["rng"])
+        return cls(
+            weights, payload["optimizer"], payload["schedule"], state, payload["rng"], payload.get("training_model")
+        )
 
 
 def stored_config(payload: dict[str, Any]) -> Any:

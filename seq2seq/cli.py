@@ -41,6 +41,8 @@ def _train(args: argparse.Namespace) -> int:
     from seq2seq.train import train
 
     config = load_config(args.config, args.set or [])
+    if args.init_from is not None:
+        config.train.init_from = args.init_from  # as if train.init_from said it (the run's config.yaml does)
     summary = train(config, resume=args.resume, force=args.force, argv=["seq2seq", *args.argv])
     return EXIT_INTERRUPTED if summary["interrupted"] else 0
 
@@ -217,6 +219,11 @@ def _add_train(commands: Any) -> None:
     train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a config value (repeatable)")
     train.add_argument("--resume", action="store_true", help="continue the run in train.run_dir from last.pt")
     train.add_argument("--force", action="store_true", help="overwrite or resume a run directory whatever it holds")
+    train.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="fine-tune: start from this checkpoint's weights and SentencePiece model(s) (train.init_from)",
+    )
     train.set_defaults(func=_train)
 
 

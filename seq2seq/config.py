@@ -32,19 +32,40 @@ class ConfigError(UserError):
 
 
 @dataclass
+class TrainCorpus:
+    """One training corpus of several: its file prefix and its share of each epoch."""
+
+    prefix: str = ""
+    weight: float = 1.0  # pairs per epoch = weight x the corpus's pairs (below 1 subsamples, above 1 repeats)
+
+
+@dataclass
 class DataConfig:
     """Where the parallel text lives and how it is filtered."""
 
     src_lang: str = "es"
     tgt_lang: str = "en"
-    train: str = "data/train"  # prefix: reads data/train.es and data/train.en (or .gz)
+    # A prefix (reads data/train.es and data/train.en, or .gz), or a list of corpora: prefixes or {prefix, weight}.
+    train: str | list[str | TrainCorpus] = "data/train"
     dev: str | None = "data/dev"
     test: str | None = "data/test"
     max_src_length: int = 100  # in pieces; longer training pairs are skipped and counted
     max_tgt_length: int = 100
     cache_dir: str = ".cache/seq2seq"  # encoded corpora and SentencePiece models, keyed by content
-    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    num_workers: int = 0  # DataLoader worker processes (0: in the training process; 1 with tokenizer.sampling)
     prepare_workers: int = 0  # processes encoding the corpus once (0: one per core above 20 MB, else 1)
+
+
+@dataclass
+class SamplingConfig:
+    """Subword regularisation: each epoch draws a new segmentation of every training pair.
+
+    Unigram models sample from SentencePiece's lattice (Kudo 2018); BPE models drop merges (BPE-dropout,
+    Provilkov et al. 2020) with probability `alpha`. Dev, test and decoding stay deterministic.
+    """
+
+    alpha: float = 0.1  # unigram: smoothing (smaller: more varied); bpe: probability of dropping a merge
+    nbest: int = -1  # unigram: sample from the n best segmentations (-1: from all); unused by bpe
 
 
 @dataclass
@@ -56,6 +77,7 @@ class TokenizerConfig:
     joint: bool = True  # one model for both languages (else one per side, each vocab_size)
     character_coverage: float = 1.0
     input_sentence_size: int = 1_000_000  # sentences sampled for training SentencePiece
+    sampling: SamplingConfig | None = None  # subword regularisation of the training pairs (null: off)
 
 
 @dataclass
@@ -126,6 +148,9 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # validations without a better dev BLEU
     keep_checkpoints: int = 2  # step checkpoints kept besides best.pt and last.pt
     log_every: int = 50  # steps between log lines
+    init_from: str | None = None  # fine-tune: start from this checkpoint's weights and SentencePiece model(s)
+    ema_decay: float | None = None  # keep an exponential moving average of the weights (e.g. 0.999); null: off
+    tensorboard: bool = False  # write TensorBoard event files to <run_dir>/tensorboard
 
 
 @dataclass
@@ -173,9 +198,14 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
     if origin in UNION_TYPES:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        nullable = " or null" if type(None) in typing.get_args(tp) else ""
+        return " or ".join(_type_name(a) for a in args) + nullable
     if origin is tuple:
         return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list (each " + _type_name(typing.get_args(tp)[0]) + ")"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -191,13 +221,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
         return _build(tp, value, path)  # type: ignore[arg-type]
     if origin in UNION_TYPES:
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        try:
-            return _convert(value, inner[0], path)
-        except ConfigError:
-            raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}") from None
+        return _convert_union(value, tp, path)
+    if origin is list:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"config key '{path}' must be a non-empty list, got {value!r}")
+        return [_convert(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
@@ -212,6 +240,24 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp in (int, str, bool) and (type(value) is not tp):
         raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _convert_union(value: Any, tp: Any, path: str) -> Any:
+    """The first alternative of `tp` that takes `value`; a mapping or a list goes straight to the alternative of
+    that shape, so that a mistake inside it is reported with its own key."""
+    if value is None and type(None) in typing.get_args(tp):
+        return None
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    for alternative in inner:
+        is_list = typing.get_origin(alternative) is list
+        if (isinstance(value, dict) and dataclasses.is_dataclass(alternative)) or (isinstance(value, list) and is_list):
+            return _convert(value, alternative, path)
+    for alternative in inner:
+        try:
+            return _convert(value, alternative, path)
+        except ConfigError:
+            pass
+    raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
 
 
 def _convert_float(value: Any, path: str) -> float:
@@ -363,6 +409,51 @@ def _check_ranges(config: Config) -> None:
         raise ConfigError("config key 'tokenizer.vocab_size' must be at least 8 (4 special pieces + text)")
 
 
+def train_corpora(data: DataConfig) -> list[TrainCorpus]:
+    """The training corpora of `data.train`: one prefix (weight 1) or the configured list."""
+    entries = [data.train] if isinstance(data.train, str) else data.train
+    return [TrainCorpus(entry) if isinstance(entry, str) else entry for entry in entries]
+
+
+def _check_training_corpora(data: DataConfig) -> None:
+    """Each corpus has a prefix, a positive weight, and appears once."""
+    seen: set[str] = set()
+    for index, corpus in enumerate(train_corpora(data)):
+        key = "data.train" if isinstance(data.train, str) else f"data.train[{index}]"
+        if not corpus.prefix.strip():
+            raise ConfigError(f"config key '{key}' needs a prefix (e.g. data/train for data/train.es + .en)")
+        if corpus.weight <= 0:
+            raise ConfigError(
+                f"config key '{key}.weight' must be greater than 0, got {corpus.weight!r} (remove the corpus instead)"
+            )
+        if corpus.prefix in seen:
+            raise ConfigError(f"config key '{key}': corpus {corpus.prefix} is listed twice (give it one weight)")
+        seen.add(corpus.prefix)
+
+
+def _check_sampling(tokenizer: TokenizerConfig) -> None:
+    """Subword sampling exists for unigram (lattice sampling) and BPE (BPE-dropout) models only."""
+    sampling = tokenizer.sampling
+    if sampling is None:
+        return
+    if tokenizer.model_type not in ("unigram", "bpe"):
+        raise ConfigError(
+            f"config key 'tokenizer.sampling' needs tokenizer.model_type unigram or bpe, not {tokenizer.model_type!r}"
+        )
+    if tokenizer.model_type == "bpe" and not 0 < sampling.alpha < 1:
+        raise ConfigError(
+            f"config key 'tokenizer.sampling.alpha' is BPE-dropout's probability: it must be in (0, 1), "
+            f"got {sampling.alpha!r}"
+        )
+    if sampling.alpha <= 0:
+        raise ConfigError(f"config key 'tokenizer.sampling.alpha' must be greater than 0, got {sampling.alpha!r}")
+    if sampling.nbest == 0 or sampling.nbest == 1 or sampling.nbest < -1:
+        raise ConfigError(
+            "config key 'tokenizer.sampling.nbest' must be -1 (sample from all segmentations) or 2 or more, "
+            f"got {sampling.nbest!r}"
+        )
+
+
 def _check_consistency(config: Config) -> None:
     """Settings that only make sense together."""
     train = config.train
@@ -378,6 +469,12 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("config key 'train.early_stopping_patience' needs a dev set: set 'data.dev'")
     if train.schedule.type == "plateau" and not config.data.dev:
         raise ConfigError("config key 'train.schedule.type: plateau' needs a dev set: set 'data.dev'")
+    if train.ema_decay is not None and not 0 < train.ema_decay < 1:
+        raise ConfigError(f"config key 'train.ema_decay' must be in (0, 1), e.g. 0.999, got {train.ema_decay!r}")
+    if train.init_from is not None and not train.init_from.strip():
+        raise ConfigError("config key 'train.init_from' must name a checkpoint file (or be null)")
+    _check_training_corpora(config.data)
+    _check_sampling(config.tokenizer)
     model = config.model
     if model.tie_embeddings and model.embedding_size != model.decoder_hidden_size:
         raise ConfigError(

@@ -16,7 +16,7 @@ import logging
 import multiprocessing
 import random
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +26,13 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from seq2seq.errors import UserError
+from seq2seq.subwords import SubwordSampler
 from seq2seq.textfiles import iter_lines
 from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the kept pairs' text is stored too (subword sampling re-segments it)
 CHUNK_LINES = 20_000  # pairs encoded per task
 
 
@@ -88,14 +89,43 @@ def file_digest(path: Path) -> str:
 # --- the encoded corpus ----------------------------------------------------------------------
 
 
+def _offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+@dataclass
+class TextColumn:
+    """UTF-8 lines as one flat byte array: line i is data[offsets[i]:offsets[i+1]]."""
+
+    data: np.ndarray  # uint8 [total bytes]
+    offsets: np.ndarray  # int64 [N + 1]
+
+    def __getitem__(self, index: int) -> str:
+        return self.data[self.offsets[index] : self.offsets[index + 1]].tobytes().decode("utf-8")
+
+    @classmethod
+    def from_lines(cls, lines: Sequence[str]) -> TextColumn:
+        """Pack lines into one byte array."""
+        encoded = [line.encode("utf-8") for line in lines]
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), _offsets([len(e) for e in encoded]))
+
+
 @dataclass
 class EncodedCorpus:
-    """Piece ids of a parallel corpus as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]]."""
+    """Piece ids of a parallel corpus as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]].
+
+    A training corpus also keeps each pair's text (`src_text`, `tgt_text`), which subword sampling
+    segments anew every epoch.
+    """
 
     src_ids: np.ndarray  # int32 [total source pieces]
     src_offsets: np.ndarray  # int64 [N + 1]
     tgt_ids: np.ndarray
     tgt_offsets: np.ndarray
+    src_text: TextColumn | None = None
+    tgt_text: TextColumn | None = None
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
@@ -115,58 +145,82 @@ class EncodedCorpus:
             self.tgt_ids[self.tgt_offsets[index] : self.tgt_offsets[index + 1]],
         )
 
+    def texts(self, index: int) -> tuple[str, str]:
+        """Source and target text of sentence pair `index` (a training corpus only)."""
+        assert self.src_text is not None and self.tgt_text is not None, "only training corpora keep their text"
+        return self.src_text[index], self.tgt_text[index]
+
     @classmethod
-    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> EncodedCorpus:
-        """Pack lists of id lists into flat arrays."""
+    def from_lists(
+        cls,
+        src: Sequence[Sequence[int]],
+        tgt: Sequence[Sequence[int]],
+        texts: tuple[Sequence[str], Sequence[str]] | None = None,
+    ) -> EncodedCorpus:
+        """Pack lists of id lists (and, if given, the source and target lines) into flat arrays."""
 
         def pack(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-            offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
-            np.cumsum([len(s) for s in sentences], out=offsets[1:])
+            offsets = _offsets([len(s) for s in sentences])
             flat = np.fromiter((i for s in sentences for i in s), dtype=np.int32, count=int(offsets[-1]))
             return flat, offsets
 
-        return cls(*pack(src), *pack(tgt))
+        columns = (TextColumn.from_lines(texts[0]), TextColumn.from_lines(texts[1])) if texts else (None, None)
+        return cls(*pack(src), *pack(tgt), *columns)
 
     @classmethod
     def load(cls, directory: Path) -> EncodedCorpus:
         """Memory-map the arrays written by `CorpusWriter`."""
         return cls(
-            _map_ids(directory / "src_ids.bin"),
+            _map(directory / "src_ids.bin", np.int32),
             np.load(directory / "src_offsets.npy"),
-            _map_ids(directory / "tgt_ids.bin"),
+            _map(directory / "tgt_ids.bin", np.int32),
             np.load(directory / "tgt_offsets.npy"),
+            TextColumn(_map(directory / "src_text.bin", np.uint8), np.load(directory / "src_text_offsets.npy")),
+            TextColumn(_map(directory / "tgt_text.bin", np.uint8), np.load(directory / "tgt_text_offsets.npy")),
         )
 
 
-def _map_ids(path: Path) -> np.ndarray:
+def _map(path: Path, dtype: type) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot map an empty file
-        return np.zeros(0, dtype=np.int32)
-    return np.memmap(path, dtype=np.int32, mode="r")
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+# Each flat column of a cache entry (<name>.bin) and the file of its offsets (<offsets>.npy).
+CACHE_COLUMNS = {
+    "src_ids": "src_offsets",
+    "tgt_ids": "tgt_offsets",
+    "src_text": "src_text_offsets",
+    "tgt_text": "tgt_text_offsets",
+}
 
 
 class CorpusWriter:
-    """Appends encoded chunks to a cache directory: ids straight to disk, only lengths in memory."""
+    """Appends encoded chunks to a cache directory: ids and text straight to disk, only lengths in memory."""
 
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.files = {side: open(directory / f"{side}_ids.bin", "wb") for side in ("src", "tgt")}  # noqa: SIM115 (closed in close())
-        self.lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
+        self.files = {name: open(directory / f"{name}.bin", "wb") for name in CACHE_COLUMNS}  # noqa: SIM115 (closed in close())
+        self.lengths: dict[str, list[np.ndarray]] = {name: [] for name in CACHE_COLUMNS}
 
     def append(self, chunk: EncodedCorpus) -> None:
         """Add a chunk's pairs after those already written."""
         for side in ("src", "tgt"):
-            self.files[side].write(np.ascontiguousarray(getattr(chunk, f"{side}_ids"), dtype=np.int32).tobytes())
-            self.lengths[side].append(np.diff(getattr(chunk, f"{side}_offsets")))
+            ids, text = getattr(chunk, f"{side}_ids"), getattr(chunk, f"{side}_text")
+            self._write(f"{side}_ids", np.ascontiguousarray(ids, dtype=np.int32), getattr(chunk, f"{side}_offsets"))
+            self._write(f"{side}_text", text.data, text.offsets)
+
+    def _write(self, name: str, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.files[name].write(flat.tobytes())
+        self.lengths[name].append(np.diff(offsets))
 
     def close(self, stats: dict) -> None:
         """Finish the files: offsets and the stats that mark the entry complete."""
-        for side in ("src", "tgt"):
-            self.files[side].close()
-            lengths = np.concatenate(self.lengths[side]) if self.lengths[side] else np.zeros(0, dtype=np.int64)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            np.save(self.directory / f"{side}_offsets.npy", offsets)
+        for name, offsets_name in CACHE_COLUMNS.items():
+            self.files[name].close()
+            lengths = np.concatenate(self.lengths[name]) if self.lengths[name] else np.zeros(0, dtype=np.int64)
+            np.save(self.directory / f"{offsets_name}.npy", _offsets(lengths))
         (self.directory / "stats.json").write_text(json.dumps(stats))
 
 
@@ -175,7 +229,7 @@ def encode_and_filter(
 ) -> tuple[EncodedCorpus, dict]:
     """Encode a training corpus, skipping empty and over-long pairs; returns the corpus and counts."""
     src_encoded, tgt_encoded = tokenizer.encode_src(src_lines), tokenizer.encode_tgt(tgt_lines)
-    kept_src, kept_tgt = [], []
+    kept_src, kept_tgt, kept_src_text, kept_tgt_text = [], [], [], []
     stats = {"pairs": len(src_lines), "kept": 0, "skipped_empty": 0, "skipped_too_long": 0}
     for src_text, tgt_text, src, tgt in zip(src_lines, tgt_lines, src_encoded, tgt_encoded):
         if not src_text.strip() or not tgt_text.strip() or not src or not tgt:
@@ -185,8 +239,10 @@ def encode_and_filter(
         else:
             kept_src.append(src)
             kept_tgt.append(tgt)
+            kept_src_text.append(src_text)
+            kept_tgt_text.append(tgt_text)
     stats["kept"] = len(kept_src)
-    return EncodedCorpus.from_lists(kept_src, kept_tgt), stats
+    return EncodedCorpus.from_lists(kept_src, kept_tgt, (kept_src_text, kept_tgt_text)), stats
 
 
 def parallel_chunks(src_path: Path, tgt_path: Path, size: int = CHUNK_LINES) -> Iterator[tuple[list[str], list[str]]]:
@@ -279,17 +335,76 @@ def encode_chunks(tasks, tokenizer: Tokenizer, workers: int) -> Iterator[tuple[E
 # --- batching --------------------------------------------------------------------------------
 
 
-class ParallelDataset(Dataset):
-    """Sentence pairs as tensors of piece ids, each side ending in EOS."""
+class CorpusSet:
+    """Several encoded corpora behind one index: pair i of the set is pair i - starts[k] of corpus k."""
 
-    def __init__(self, corpus: EncodedCorpus):
-        self.corpus = corpus
+    def __init__(self, corpora: Sequence[EncodedCorpus]):
+        self.corpora = list(corpora)
+        self.starts = _offsets([len(c) for c in self.corpora])  # [K + 1]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.concatenate([c.src_lengths for c in self.corpora])
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.concatenate([c.tgt_lengths for c in self.corpora])
+
+    def _locate(self, index: int) -> tuple[EncodedCorpus, int]:
+        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.corpora[k], index - int(self.starts[k])
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target ids of pair `index` of the set."""
+        corpus, local = self._locate(index)
+        return corpus.pair(local)
+
+    def texts(self, index: int) -> tuple[str, str]:
+        """Source and target text of pair `index` of the set."""
+        corpus, local = self._locate(index)
+        return corpus.texts(local)
+
+
+def weighted_epoch(sizes: Sequence[int], weights: Sequence[float], seed: int, epoch: int) -> np.ndarray:
+    """The pairs (indices into a CorpusSet of corpora of `sizes`) one epoch draws: from each corpus, weight x its
+    size pairs: every pair floor(weight) times, plus a random share (weight's fraction, drawn per epoch)."""
+    parts, start = [], 0
+    for k, (size, weight) in enumerate(zip(sizes, weights)):
+        whole, fraction = divmod(weight, 1.0)
+        rng = np.random.default_rng([seed, epoch, k])
+        extra = np.sort(rng.choice(size, round(fraction * size), replace=False))
+        parts.append(np.concatenate([np.tile(np.arange(size), int(whole)), extra]) + start)
+        start += size
+    return np.concatenate(parts).astype(np.int64)
+
+
+class ParallelDataset(Dataset):
+    """Sentence pairs as tensors of piece ids, each side ending in EOS.
+
+    With a `SubwordSampler`, each pair is segmented anew per epoch (`set_epoch`), in the DataLoader's
+    worker processes; otherwise the cached segmentation is used.
+    """
+
+    def __init__(self, corpus: EncodedCorpus | CorpusSet, subwords: SubwordSampler | None = None):
+        self.corpus, self.subwords = corpus, subwords
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose segmentations to draw (workers started afterwards copy it)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.corpus)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         src, tgt = self.corpus.pair(index)
+        if self.subwords is not None:
+            sampled = self.subwords.segment(self.corpus.texts(index), self.epoch, index)
+            if sampled is not None:
+                src, tgt = np.asarray(sampled[0]), np.asarray(sampled[1])
         return _with_eos(src), _with_eos(tgt)
 
 
@@ -362,6 +477,7 @@ class TokenBucketSampler(Sampler[list[int]]):
 
     Each epoch shuffles the corpus (seeded by seed + epoch), sorts pools of nearby sentences by
     length so that little padding is needed, cuts them into batches and shuffles the batches.
+    `epoch_plan(epoch)` names the pairs an epoch draws when that is not each pair once (weighted corpora).
     With several processes, each takes every `num_replicas`-th batch (all ranks get the same count,
     see `split_to_multiple`).
     `start_batch` skips batches already seen in this epoch (for exact resume).
@@ -377,6 +493,7 @@ class TokenBucketSampler(Sampler[list[int]]):
         pool_batches: int = 100,
         num_replicas: int = 1,
         rank: int = 0,
+        epoch_plan: Callable[[int], np.ndarray] | None = None,
     ):
         # +1: every side gets an EOS (and the target input a BOS)
         self.src_lengths = np.asarray(src_lengths, dtype=np.int64) + 1
@@ -391,6 +508,7 @@ class TokenBucketSampler(Sampler[list[int]]):
         self.max_tokens = max_tokens
         self.seed, self.shuffle, self.pool_batches = seed, shuffle, pool_batches
         self.num_replicas, self.rank = num_replicas, rank
+        self.epoch_plan = epoch_plan  # the pairs an epoch draws (several weighted corpora); None: each pair once
         self.epoch, self.start_batch = 0, 0
         self._cached_epoch: int | None = None
         self._cached_batches: list[list[int]] = []
@@ -402,7 +520,7 @@ class TokenBucketSampler(Sampler[list[int]]):
     def all_batches(self, epoch: int) -> list[list[int]]:
         """Every batch of `epoch`, across all ranks, in order."""
         rng = random.Random(self.seed * 100_003 + epoch)
-        order = list(range(len(self.src_lengths)))
+        order = self.epoch_plan(epoch).tolist() if self.epoch_plan else list(range(len(self.src_lengths)))
         if self.shuffle:
             rng.shuffle(order)
         average = max(1, int(np.mean(self.widths))) if len(self.widths) else 1

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def plot_training_curves(progress: list[dict], metrics: list[dict], path: Path, title: str) -> Path:
@@ -47,6 +48,14 @@ def plot_attention(src_pieces: list[str], out_pieces: list[str], weights, path: 
     """Save an attention heatmap: output pieces (rows) against source pieces (columns)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    figure = attention_figure(src_pieces, out_pieces, weights, title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def attention_figure(src_pieces: list[str], out_pieces: list[str], weights, title: str = "") -> Figure:
+    """An attention heatmap figure: output pieces (rows) against source pieces (columns), weights [out, src]."""
     width = max(4.0, 0.32 * len(src_pieces) + 2)
     height = max(3.0, 0.3 * len(out_pieces) + 1.5)
     figure, axis = plt.subplots(figsize=(width, height))
@@ -59,9 +68,7 @@ def plot_attention(src_pieces: list[str], out_pieces: list[str], weights, path: 
         axis.set_title(title if len(title) < 80 else title[:77] + "...", fontsize=9)
     figure.colorbar(image, ax=axis, fraction=0.03)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure
 
 
 def plot_bleu_by_length(scores: dict[str, dict[str, float | None]], path: Path) -> Path:

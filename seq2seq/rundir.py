@@ -5,7 +5,7 @@
     curves.png       the training curves          summary.json     the final summary
     last.pt          the resume point             best.pt          the best dev BLEU
     step-NNNNNNN.pt  the latest validations       spm.*.model      the SentencePiece model(s)
-    test.hyp         compare's test translations
+    test.hyp         compare's test translations     tensorboard/     TensorBoard event files
 
 `RunDir` also does the checks on starting or resuming a run there, the JSON-lines records
 (append, read, truncate after a crash) and attaching the run's log file.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from seq2seq.errors import UserError
 from seq2seq.tokenizer import Tokenizer
 
 STEP_CHECKPOINTS = "step-*.pt"
-RUN_LIMITS = ("max_steps", "max_epochs", "max_time")  # train keys that may change when a run is resumed
+RUN_LIMITS = ("max_steps", "max_epochs", "max_time", "tensorboard")  # train keys that may change on resuming
 TRAINING_DECODE_KEYS = ("max_output_ratio",)  # the decode keys validation uses: the others may change too
 
 
@@ -41,6 +42,7 @@ class RunDir:
         self.last = self.path / "last.pt"
         self.best = self.path / "best.pt"
         self.test_hypotheses = self.path / "test.hyp"  # written by `seq2seq compare`
+        self.tensorboard = self.path / "tensorboard"
 
     def __str__(self) -> str:
         return str(self.path)
@@ -88,7 +90,8 @@ class RunDir:
         if stored is None or _without_run_limits(stored) != _without_run_limits(config_to_dict(config)):
             raise UserError(
                 f"{self.path} holds a run of a different config: resume with the same config (only "
-                "train.max_steps/max_epochs/max_time and decode options other than max_output_ratio may change) "
+                "train.max_steps/max_epochs/max_time/tensorboard and decode options other than max_output_ratio "
+                "may change) "
                 "or add --force"
             )
 
@@ -98,6 +101,7 @@ class RunDir:
         if not resume:
             for stale in (self.metrics, self.progress):
                 stale.unlink(missing_ok=True)
+            shutil.rmtree(self.tensorboard, ignore_errors=True)
         save_config(config, self.config)
 
     def save_tokenizer(self, tokenizer: Tokenizer) -> None:

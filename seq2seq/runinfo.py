@@ -24,5 +24,10 @@ def run_record(argv: Sequence[str], data_digests: Sequence[str]) -> dict:
         "command": " ".join(argv),
         "train_data_sha256": list(data_digests),
         "host": platform.node(),
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "saved_at": timestamp(),
     }
+
+
+def timestamp() -> str:
+    """The local time, as run records write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

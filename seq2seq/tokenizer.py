@@ -123,7 +123,8 @@ def train_sentencepiece(
 
 
 def _cache_key(digests: Sequence[str], config: TokenizerConfig, seed: int) -> str:
-    text = repr((tuple(digests), sorted(vars(config).items()), seed, UNK_ID, PAD_ID, BOS_ID, EOS_ID))
+    settings = sorted((k, v) for k, v in vars(config).items() if k != "sampling")  # sampling: no new model
+    text = repr((tuple(digests), settings, seed, UNK_ID, PAD_ID, BOS_ID, EOS_ID))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -140,41 +141,32 @@ def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConf
     return model
 
 
+def _model_for(
+    paths: Sequence[Path], digests: Sequence[str], config: TokenizerConfig, cache_dir: Path, seed: int
+) -> bytes:
+    """One SentencePiece model trained on the lines of `paths` (or reused from the cache for the same contents)."""
+    limit = config.input_sentence_size
+    names = " and ".join(str(p) for p in paths)
+    return _cached_model(
+        cache_dir, _cache_key(digests, config, seed), lambda: sample_lines(paths, limit, seed), config, seed, names
+    )
+
+
 def build_tokenizer(
-    paths: tuple[Path, Path],
-    digests: tuple[str, str],
+    paths: Sequence[tuple[Path, Path]],
+    digests: Sequence[tuple[str, str]],
     config: TokenizerConfig,
     cache_dir: Path,
     seed: int,
 ) -> Tokenizer:
-    """Train (or reuse from the cache) the SentencePiece model(s) for a training corpus's two files."""
-    limit = config.input_sentence_size
+    """Train (or reuse from the cache) the SentencePiece model(s) on the training corpora's (source, target) files."""
+    src_paths, tgt_paths = [p[0] for p in paths], [p[1] for p in paths]
+    src_digests, tgt_digests = [d[0] for d in digests], [d[1] for d in digests]
     if config.joint:
         log.info("Training a joint SentencePiece %s model, vocabulary %d", config.model_type, config.vocab_size)
-        model = _cached_model(
-            cache_dir,
-            _cache_key(digests, config, seed),
-            lambda: sample_lines(paths, limit, seed),
-            config,
-            seed,
-            f"{paths[0]} and {paths[1]}",
-        )
+        model = _model_for(src_paths + tgt_paths, src_digests + tgt_digests, config, cache_dir, seed)
         return Tokenizer(model, model)
     log.info("Training source and target SentencePiece models, vocabulary %d each", config.vocab_size)
-    src_model = _cached_model(
-        cache_dir,
-        _cache_key(digests[:1], config, seed),
-        lambda: sample_lines(paths[:1], limit, seed),
-        config,
-        seed,
-        str(paths[0]),
-    )
-    tgt_model = _cached_model(
-        cache_dir,
-        _cache_key(digests[1:], config, seed),
-        lambda: sample_lines(paths[1:], limit, seed),
-        config,
-        seed,
-        str(paths[1]),
-    )
+    src_model = _model_for(src_paths, src_digests, config, cache_dir, seed)
+    tgt_model = _model_for(tgt_paths, tgt_digests, config, cache_dir, seed)
     return Tokenizer(src_model, tgt_model)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seq2seq import builders
+from seq2seq.board import TensorBoardLog, summary_writer_class
 from seq2seq.checkpoint import (
     TrainingCheckpoint,
     TrainingState,
@@ -45,11 +46,12 @@ from seq2seq.distributed import (
     shutdown,
     sum_over_processes,
 )
+from seq2seq.ema import WeightAverage
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq, count_parameters, sequence_loss
 from seq2seq.plots import plot_training_curves
 from seq2seq.rundir import RunDir, append_record, detach_log, read_records
-from seq2seq.runinfo import run_record
+from seq2seq.runinfo import run_record, timestamp
 from seq2seq.schedule import LearningRateSchedule
 from seq2seq.validation import Validator
 
@@ -83,11 +85,19 @@ class StopRequest:
 
 @dataclass
 class Interval:
-    """Training loss and tokens since the last progress record; the loss stays on the device until logged."""
+    """Training loss, gradient norm and tokens since the last progress record; sums stay on the device until logged."""
 
     loss: torch.Tensor  # sum over updates of mean loss x target tokens
+    grad_norm: torch.Tensor  # sum over applied updates of the gradient norm (before clipping)
+    updates: int
     tokens: int
     started: float
+
+    @classmethod
+    def starting(cls, device: torch.device) -> Interval:
+        """An empty interval starting now."""
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        return cls(zero, zero.clone(), 0, 0, time.monotonic())
 
 
 class Trainer:
@@ -100,21 +110,30 @@ class Trainer:
         device: torch.device,
         model: Seq2Seq,
         train_model: torch.nn.Module,
+        average: WeightAverage | None,
         optimizer: torch.optim.Optimizer,
         schedule: LearningRateSchedule,
         scaler: torch.amp.GradScaler,
         data: builders.TrainingData,
         validator: Validator,
+        board: TensorBoardLog | None,
         run_dir: RunDir,
         state: TrainingState,
-        argv: list[str],
+        run_info: dict,
     ):
         self.config, self.group, self.device = config, group, device
         self.model, self.train_model = model, train_model  # train_model: the model or its DDP wrapper
+        self.average = average  # the weights' moving average (train.ema_decay), or None
         self.optimizer, self.schedule, self.scaler = optimizer, schedule, scaler
-        self.data, self.validator, self.run_dir, self.state, self.argv = data, validator, run_dir, state, argv
+        self.data, self.validator, self.board, self.run_dir = data, validator, board, run_dir
+        self.state, self.run_info = state, run_info  # run_info: the run's record (command, data, versions, origin)
         self.max_seconds = parse_duration(config.train.max_time) if config.train.max_time else None
-        self.interval = Interval(torch.zeros((), dtype=torch.float64, device=device), 0, time.monotonic())
+        self.interval = Interval.starting(device)
+
+    @property
+    def evaluated_model(self) -> Seq2Seq:
+        """The model validation scores and checkpoints give translating: the moving average when kept."""
+        return self.average.model if self.average is not None else self.model
 
     def run(self) -> dict:
         """Train until a limit or early stopping; returns the summary."""
@@ -138,11 +157,12 @@ class Trainer:
         if settings.max_epochs is not None and self.state.epoch >= settings.max_epochs:
             return f"reached train.max_epochs ({settings.max_epochs})"
         self.data.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
+        self.data.dataset.set_epoch(self.state.epoch)  # before the workers start: they copy the dataset
         loader = DataLoader(
             self.data.dataset,
             batch_sampler=self.data.sampler,
             collate_fn=collate,
-            num_workers=self.config.data.num_workers,
+            num_workers=self.data.loader_workers,
             generator=torch.Generator(),  # its own: drawing from the global RNG would change dropout on resume
         )
         for batches in _groups_of(loader, settings.accumulate_batches):
@@ -160,11 +180,14 @@ class Trainer:
     def _update(self, batches: list[Batch], bar: tqdm, stop: StopRequest, start: float) -> str | None:
         """One update, its progress record, and a save point when one is due; returns why to stop, if so."""
         settings = self.config.train
-        loss = self._train_step([batch.to(self.device) for batch in batches])
+        result = self._train_step([batch.to(self.device) for batch in batches])
         self.state.batch_in_epoch += len(batches)
-        if loss is not None:
+        if result is not None:
+            loss, grad_norm = result
             tokens = sum(batch.num_tgt_tokens for batch in batches)  # CPU batches: no device sync
             self.interval.loss += loss * tokens
+            self.interval.grad_norm += grad_norm.double()
+            self.interval.updates += 1
             self.interval.tokens += tokens
         self.state.elapsed = time.monotonic() - start
         bar.update(1)
@@ -179,8 +202,9 @@ class Trainer:
             self.interval.started = time.monotonic()  # validation time is not training speed
         return stop_reason
 
-    def _train_step(self, batches: list[Batch]) -> torch.Tensor | None:
-        """One update from the gradients of `batches` (averaged); the mean loss (on the device), or None if skipped."""
+    def _train_step(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One update from the gradients of `batches` (averaged); the mean loss and the gradient norm before
+        clipping (on the device), or None if the update was skipped."""
         self.model.train()
         self.state.step += 1
         lr = self.schedule.lr(self.state.step)
@@ -208,7 +232,9 @@ class Trainer:
         self.state.skipped_in_a_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total
+        if self.average is not None:
+            self.average.update(self.model, self.state.step)
+        return total, grad_norm
 
     def _skip_update(self) -> None:
         """Count an update skipped for a non-finite loss or gradient; too many in a row end the run."""
@@ -250,7 +276,8 @@ class Trainer:
         """Record loss and speed over the last interval (summed over all processes)."""
         seconds = time.monotonic() - self.interval.started
         loss_sum, tokens = sum_over_processes(self.group, [self.interval.loss.item(), float(self.interval.tokens)])
-        self.interval = Interval(torch.zeros_like(self.interval.loss), 0, time.monotonic())
+        grad_norm = self.interval.grad_norm.item() / max(self.interval.updates, 1)  # the same on every process
+        self.interval = Interval.starting(self.device)
         if not self.group.is_main:
             return
         loss, tokens_per_second = loss_sum / max(tokens, 1.0), tokens / seconds
@@ -263,8 +290,11 @@ class Trainer:
             "train_loss": round(loss, 4),
             "tokens_per_s": round(tokens_per_second, 1),
             "lr": lr,
+            "grad_norm": round(grad_norm, 4),
         }
         append_record(self.run_dir.progress, record)
+        if self.board is not None:
+            self.board.progress(record)
         log.debug("step %d loss %.4f tok/s %.0f lr %.2e", self.state.step, loss, tokens_per_second, lr)
 
     # --- save points: validation and checkpoints ---------------------------------------------------
@@ -293,11 +323,13 @@ class Trainer:
 
     def _validate_and_save(self, rng: dict) -> str | None:
         """Validate, write metrics, plots and checkpoints; returns a reason to stop early, if any."""
-        record, improved = self.validator.validate(self.model, self.state)
+        record, improved = self.validator.validate(self.evaluated_model, self.state)
         record["lr"] = self.optimizer.param_groups[0]["lr"]
         if "dev_bleu" in record and self.schedule.on_validation(record["dev_bleu"]):
             log.info("Dev BLEU stopped improving: learning rate scale now %.3g", self.schedule.plateau_scale)
         append_record(self.run_dir.metrics, record)
+        if self.board is not None:
+            self.board.validation(record, self.validator.examples)
         self._save_checkpoints(improved, rng)
         progress, metrics = read_records(self.run_dir.progress), read_records(self.run_dir.metrics)
         plot_training_curves(progress, metrics, self.run_dir.curves, self.run_dir.path.name)
@@ -310,13 +342,14 @@ class Trainer:
         weights = WeightsCheckpoint(
             config=config_to_dict(self.config),
             tokenizer=self.data.tokenizer.state_dict(),
-            model=self.model.state_dict(),
+            model=self.evaluated_model.state_dict(),
             step=self.state.step,
             best_bleu=self.state.best_bleu,
-            run=run_record(self.argv, self.data.digests) | {"processes": self.group.world_size},
+            run=self.run_info | {"saved_at": timestamp()},
         )
         optimizer, schedule = self.optimizer.state_dict(), self.schedule.state_dict()
-        save(TrainingCheckpoint(weights, optimizer, schedule, self.state, rng), self.run_dir.last)
+        trained = self.model.state_dict() if self.average is not None else None
+        save(TrainingCheckpoint(weights, optimizer, schedule, self.state, rng, trained), self.run_dir.last)
         if is_best:
             save(weights, self.run_dir.best)
         keep = self.config.train.keep_checkpoints
@@ -342,7 +375,11 @@ class Trainer:
             "curves": str(self.run_dir.curves),
             "interrupted": stop_reason == "interrupted",
             "processes": self.group.world_size,
+            "init_from": self.run_info.get("init_from"),
+            "train_corpora": self.data.corpora,
         }
+        if self.board is not None:
+            self.board.close()
         if self.group.is_main:
             self.run_dir.write_summary(summary)
             _report_finished(summary, self.run_dir)
@@ -392,6 +429,8 @@ def prepared_run(
     log_handler = None
     try:
         run_dir.check_can_start(resume, force)
+        if config.train.tensorboard:
+            summary_writer_class()  # a missing package is reported before the run directory is touched
         resumed = _read_resume_point(run_dir, config, force) if resume else None
         if group.is_main:
             run_dir.prepare(config, resume)
@@ -423,23 +462,60 @@ def _build_trainer(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     builders.set_seed(config.train.seed)
-    data = builders.create_training_data(config, group, run_dir, resumed)
+    initial = builders.read_initial_weights(config) if resumed is None and config.train.init_from else None
+    origin = resumed.weights if resumed is not None else initial
+    data = builders.create_training_data(config, group, run_dir, origin.tokenizer if origin else None)
     validator = builders.create_validator(config, data.tokenizer, device, group)
     model = builders.create_model(config, data.tokenizer, device)
+    run_info = run_record(argv, data.digests) | {"processes": group.world_size}
+    if initial is not None:
+        run_info["init_from"] = builders.initialise_from(model, initial, config)
+    elif resumed is not None and "init_from" in resumed.weights.run:
+        run_info["init_from"] = resumed.weights.run["init_from"]
+    if len(data.corpora) > 1:
+        run_info["train_corpora"] = data.corpora
+    average = builders.create_weight_average(config, model)
     train_model = builders.wrap_for_processes(model, group, device, config.train.seed)
     optimizer, schedule = builders.create_optimizer(config, model), builders.create_schedule(config)
     state = TrainingState(world_size=group.world_size)
     if resumed is not None:
-        state = builders.restore_training(resumed, model, optimizer, schedule, group, device, run_dir)
-        best = f", best dev BLEU {state.best_bleu:.2f} at step {state.best_step}" if validator.dev else ""
-        log.info(
-            "Resumed %s at step %d (epoch %d, batch %d of it)%s",
-            run_dir,
-            state.step,
-            state.epoch + 1,
-            state.batch_in_epoch,
-            best,
-        )
+        state = builders.restore_training(resumed, model, average, optimizer, schedule, group, device, run_dir)
+        _report_resumed(run_dir, state, validator)
+    _report_model(config, model, device, group)
+    board = builders.create_tensorboard(config, run_dir, group, state.step)
+    scaler = builders.create_scaler(config, device)
+    return Trainer(
+        config,
+        group,
+        device,
+        model,
+        train_model,
+        average,
+        optimizer,
+        schedule,
+        scaler,
+        data,
+        validator,
+        board,
+        run_dir,
+        state,
+        run_info,
+    )
+
+
+def _report_resumed(run_dir: RunDir, state: TrainingState, validator: Validator) -> None:
+    best = f", best dev BLEU {state.best_bleu:.2f} at step {state.best_step}" if validator.dev else ""
+    log.info(
+        "Resumed %s at step %d (epoch %d, batch %d of it)%s",
+        run_dir,
+        state.step,
+        state.epoch + 1,
+        state.batch_in_epoch,
+        best,
+    )
+
+
+def _report_model(config: Config, model: Seq2Seq, device: torch.device, group: ProcessGroup) -> None:
     log.info(
         "Model: %s parameters; attention %s; input feeding %s; device %s, %s%s",
         f"{count_parameters(model):,}",
@@ -448,8 +524,4 @@ def _build_trainer(
         device,
         config.train.precision,
         f"; {group.world_size} processes" if group.active else "",
-    )
-    scaler = builders.create_scaler(config, device)
-    return Trainer(
-        config, group, device, model, train_model, optimizer, schedule, scaler, data, validator, run_dir, state, argv
     )

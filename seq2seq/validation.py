@@ -15,7 +15,7 @@ from seq2seq.config import Config, DecodeConfig
 from seq2seq.data import Batch, EncodedCorpus, ParallelDataset, TokenBucketSampler, collate, read_parallel
 from seq2seq.metrics import bleu
 from seq2seq.model import Seq2Seq, sequence_loss
-from seq2seq.search import decode_lines
+from seq2seq.search import attention_view, decode_lines
 from seq2seq.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,25 @@ def load_dev_set(config: Config, tokenizer: Tokenizer) -> DevSet | None:
     return dev
 
 
+def example_sentences(dev: DevSet | None, tokenizer: Tokenizer, count: int) -> list[tuple[int, list[int]]]:
+    """The first `count` dev sentences of 5 to 40 pieces, with their piece ids: whose attention to show."""
+    if dev is None or count == 0:
+        return []
+    chosen = []
+    for index, ids in enumerate(tokenizer.encode_src(dev.src)):
+        if 5 <= len(ids) <= 40 and dev.ref[index].strip():
+            chosen.append((index, ids))
+            if len(chosen) == count:
+                break
+    return chosen
+
+
 class Validator:
-    """Scores a model on the dev set and keeps the best BLEU and the patience count in the training state."""
+    """Scores a model on the dev set and keeps the best BLEU and the patience count in the training state.
+
+    After each validation, `examples` holds the attention of a few fixed dev sentences (source pieces,
+    output pieces, weights [out, src]) when `example_count` asked for them.
+    """
 
     def __init__(
         self,
@@ -64,9 +81,12 @@ class Validator:
         device: torch.device,
         decode: DecodeConfig,
         early_stopping_patience: int | None,
+        example_count: int = 0,
     ):
         self.dev, self.tokenizer, self.device = dev, tokenizer, device
         self.decode, self.patience = decode, early_stopping_patience
+        self.example_sentences = example_sentences(dev, tokenizer, example_count)
+        self.examples: list[tuple[list[str], list[str], torch.Tensor]] = []
 
     def validate(self, model: Seq2Seq, state: TrainingState) -> tuple[dict[str, Any], bool]:
         """The validation record (dev loss, perplexity, greedy BLEU) and whether BLEU improved; updates `state`."""
@@ -80,6 +100,7 @@ class Validator:
         started = time.monotonic()
         hypotheses = decode_lines(model, self.tokenizer, self.dev.src, self.device, self.decode)
         texts = [self.tokenizer.decode_tgt(best[0].ids) for best in hypotheses]
+        self.examples = [attention_view(self.tokenizer, ids, hypotheses[i][0]) for i, ids in self.example_sentences]
         score = bleu(texts, self.dev.ref)
         record.update(dev_bleu=round(score.value, 2), decode_seconds=round(time.monotonic() - started, 1))
         record["minutes"] = round(state.elapsed / 60, 3)

@@ -77,7 +77,9 @@ def main() -> None:
         lines = count_lines(paths[0]), count_lines(paths[1])
         digests = file_digest(paths[0]), file_digest(paths[1])
         counted = time.perf_counter()
-        tokenizer = build_tokenizer(paths, digests, TokenizerConfig(vocab_size=args.vocab), directory / "cache", seed=1)
+        tokenizer = build_tokenizer(
+            [paths], [digests], TokenizerConfig(vocab_size=args.vocab), directory / "cache", seed=1
+        )
         tokenized = time.perf_counter()
         _, stats = load_training_corpus(paths, digests, tokenizer, 100, 100, directory / "cache", args.workers)
         encoded = time.perf_counter()
