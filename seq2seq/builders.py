@@ -36,7 +36,7 @@ from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.rundir import RunDir
 from seq2seq.schedule import LearningRateSchedule
-from seq2seq.subwords import ESTIMATE_PAIRS, SubwordSampler, expected_lengths
+from seq2seq.subwords import ESTIMATE_PAIRS, SAMPLING_MODEL_TYPES, SubwordSampler, expected_lengths
 from seq2seq.textfiles import count_lines
 from seq2seq.tokenizer import Tokenizer, build_tokenizer
 from seq2seq.validation import Validator, load_dev_set
@@ -130,10 +130,10 @@ def create_training_data(
     if group.is_main:
         run_dir.save_tokenizer(tokenizer)
         barrier(group)
+    records = _describe_corpora(corpora, [stats for _, stats in encoded])  # before batching: names empty draws
     corpus_set = CorpusSet([pairs for pairs, _ in encoded])
     subwords = create_subword_sampler(config, tokenizer, corpus_set)
     sampler = create_batch_sampler(config, group, corpus_set, corpora, subwords)
-    records = _describe_corpora(corpora, [stats for _, stats in encoded])
     file_hashes = [digest for corpus in corpora for digest in corpus.digests]
     workers = data.num_workers or (1 if subwords is not None else 0)  # sampling: segment in the background
     return TrainingData(tokenizer, ParallelDataset(corpus_set, subwords), sampler, file_hashes, records, workers)
@@ -144,12 +144,12 @@ def create_subword_sampler(config: Config, tokenizer: Tokenizer, corpus_set: Cor
     sampling = config.tokenizer.sampling
     if sampling is None:
         return None
-    data = config.data
-    subwords = SubwordSampler(tokenizer, sampling, config.train.seed, data.max_src_length, data.max_tgt_length)
+    limits = (config.data.max_src_length, config.data.max_tgt_length)
+    subwords = SubwordSampler(tokenizer, sampling, config.train.seed, limits)
     log.info(
         "Subword sampling: alpha %g%s; every epoch segments the training pairs anew",
         sampling.alpha,
-        f", n-best {sampling.nbest}" if config.tokenizer.model_type == "unigram" else " (BPE-dropout)",
+        f", n-best {sampling.nbest}" if tokenizer.model_type == "unigram" else " (BPE-dropout)",
     )
     return subwords
 
@@ -166,10 +166,7 @@ def create_batch_sampler(
     src_lengths, tgt_lengths = corpus_set.src_lengths, corpus_set.tgt_lengths
     if subwords is not None:  # sampled segmentations are longer: batch by their expected lengths
         every = max(1, len(corpus_set) // ESTIMATE_PAIRS)
-        indices = range(0, len(corpus_set), every)
-        texts = [corpus_set.texts(i) for i in indices]
-        lengths = [(len(corpus_set.pair(i)[0]), len(corpus_set.pair(i)[1])) for i in indices]
-        src_factor, tgt_factor = subwords.length_factors(texts, lengths)
+        src_factor, tgt_factor = subwords.length_factors([corpus_set.pair(i) for i in range(0, len(corpus_set), every)])
         log.info("Sampled segmentations are %.2fx (source) and %.2fx (target) as long", src_factor, tgt_factor)
         src_lengths = expected_lengths(src_lengths, src_factor, data.max_src_length)
         tgt_lengths = expected_lengths(tgt_lengths, tgt_factor, data.max_tgt_length)
@@ -201,14 +198,27 @@ def _describe_corpora(corpora: list[CorpusFiles], stats: list[dict]) -> list[dic
             "weight": corpus.weight,
             "pairs": corpus_stats["pairs"],
             "kept": corpus_stats["kept"],
-            "per_epoch": round(corpus.weight * corpus_stats["kept"]),
+            "per_epoch": _pairs_per_epoch(corpus.weight, corpus_stats["kept"]),
         }
         for corpus, corpus_stats in zip(corpora, stats)
     ]
+    for record in records:
+        if record["per_epoch"] == 0:
+            raise UserError(
+                f"data.train: corpus {record['prefix']} gives no pair to an epoch (weight {record['weight']:g} x "
+                f"{record['kept']} pairs rounds to 0): raise its weight or remove it"
+            )
     if len(records) > 1:
         drawn = ", ".join(f"{r['prefix']} {r['per_epoch']:,} (weight {r['weight']:g})" for r in records)
         log.info("Each epoch draws %s pairs: %s", f"{sum(r['per_epoch'] for r in records):,}", drawn)
     return records
+
+
+def _pairs_per_epoch(weight: float, kept: int) -> int:
+    """The pairs weighted_epoch draws from a corpus of `kept` pairs: floor(weight) copies plus the fraction's
+    share, rounded by itself (round(1.5 x 5) is 8, but 5 + round(0.5 x 5) is 7)."""
+    whole, fraction = divmod(weight, 1.0)
+    return int(whole) * kept + round(fraction * kept)
 
 
 def _report_filtering(stats: dict, corpus: CorpusFiles, config: Config) -> None:
@@ -265,7 +275,39 @@ def read_initial_weights(config: Config) -> WeightsCheckpoint:
             f"train.init_from: {key} is {theirs!r} in {path} but {ours!r} in this config: fine-tuning keeps the "
             f"model; copy the checkpoint's model section (`seq2seq info {path}` shows it)"
         )
+    if config.tokenizer.sampling is not None:
+        _check_can_sample(Tokenizer.from_state_dict(initial.tokenizer), path)
+    _warn_unused_tokenizer_settings(config, stored, path)
     return initial
+
+
+def _warn_unused_tokenizer_settings(config: Config, stored: Config, path: str) -> None:
+    """A warning when the tokenizer section asks for another SentencePiece model than the checkpoint's (which is
+    the one used: fine-tuning keeps the vocabulary)."""
+    ours, theirs = config_to_dict(config.tokenizer), config_to_dict(stored.tokenizer)
+    ours.pop("sampling", None)
+    theirs.pop("sampling", None)
+    difference = first_difference(ours, theirs, "tokenizer")
+    if difference is not None:
+        key, value, used = difference
+        log.warning(
+            "%s is %r in this config but %r in %s: fine-tuning uses the checkpoint's SentencePiece model(s), so the "
+            "tokenizer section (other than sampling) is not used",
+            key,
+            value,
+            used,
+            path,
+        )
+
+
+def _check_can_sample(tokenizer: Tokenizer, path: str) -> None:
+    """tokenizer.sampling segments with the checkpoint's SentencePiece model(s), not the tokenizer section's:
+    they must be unigram or BPE models (word and char models have one segmentation only)."""
+    if tokenizer.model_type not in SAMPLING_MODEL_TYPES:
+        raise UserError(
+            f"train.init_from: the SentencePiece model of {path} is a {tokenizer.model_type} model, which has one "
+            "segmentation only: tokenizer.sampling needs a unigram or bpe model; remove tokenizer.sampling"
+        )
 
 
 def first_difference(ours: Any, theirs: Any, path: str) -> tuple[str, Any, Any] | None:

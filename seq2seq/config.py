@@ -248,6 +248,8 @@ def _convert_union(value: Any, tp: Any, path: str) -> Any:
     if value is None and type(None) in typing.get_args(tp):
         return None
     inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if float in inner and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{path}' must be a finite number, got {value!r}")
     for alternative in inner:
         is_list = typing.get_origin(alternative) is list
         if (isinstance(value, dict) and dataclasses.is_dataclass(alternative)) or (isinstance(value, list) and is_list):
@@ -447,7 +449,7 @@ def _check_sampling(tokenizer: TokenizerConfig) -> None:
         )
     if sampling.alpha <= 0:
         raise ConfigError(f"config key 'tokenizer.sampling.alpha' must be greater than 0, got {sampling.alpha!r}")
-    if sampling.nbest == 0 or sampling.nbest == 1 or sampling.nbest < -1:
+    if tokenizer.model_type == "unigram" and (sampling.nbest in (0, 1) or sampling.nbest < -1):
         raise ConfigError(
             "config key 'tokenizer.sampling.nbest' must be -1 (sample from all segmentations) or 2 or more, "
             f"got {sampling.nbest!r}"

@@ -32,7 +32,7 @@ from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: the kept pairs' text is stored too (subword sampling re-segments it)
+CACHE_VERSION = 2
 CHUNK_LINES = 20_000  # pairs encoded per task
 
 
@@ -89,43 +89,14 @@ def file_digest(path: Path) -> str:
 # --- the encoded corpus ----------------------------------------------------------------------
 
 
-def _offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets
-
-
-@dataclass
-class TextColumn:
-    """UTF-8 lines as one flat byte array: line i is data[offsets[i]:offsets[i+1]]."""
-
-    data: np.ndarray  # uint8 [total bytes]
-    offsets: np.ndarray  # int64 [N + 1]
-
-    def __getitem__(self, index: int) -> str:
-        return self.data[self.offsets[index] : self.offsets[index + 1]].tobytes().decode("utf-8")
-
-    @classmethod
-    def from_lines(cls, lines: Sequence[str]) -> TextColumn:
-        """Pack lines into one byte array."""
-        encoded = [line.encode("utf-8") for line in lines]
-        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), _offsets([len(e) for e in encoded]))
-
-
 @dataclass
 class EncodedCorpus:
-    """Piece ids of a parallel corpus as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]].
-
-    A training corpus also keeps each pair's text (`src_text`, `tgt_text`), which subword sampling
-    segments anew every epoch.
-    """
+    """Piece ids of a parallel corpus as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]]."""
 
     src_ids: np.ndarray  # int32 [total source pieces]
     src_offsets: np.ndarray  # int64 [N + 1]
     tgt_ids: np.ndarray
     tgt_offsets: np.ndarray
-    src_text: TextColumn | None = None
-    tgt_text: TextColumn | None = None
 
     def __len__(self) -> int:
         return len(self.src_offsets) - 1
@@ -145,82 +116,58 @@ class EncodedCorpus:
             self.tgt_ids[self.tgt_offsets[index] : self.tgt_offsets[index + 1]],
         )
 
-    def texts(self, index: int) -> tuple[str, str]:
-        """Source and target text of sentence pair `index` (a training corpus only)."""
-        assert self.src_text is not None and self.tgt_text is not None, "only training corpora keep their text"
-        return self.src_text[index], self.tgt_text[index]
-
     @classmethod
-    def from_lists(
-        cls,
-        src: Sequence[Sequence[int]],
-        tgt: Sequence[Sequence[int]],
-        texts: tuple[Sequence[str], Sequence[str]] | None = None,
-    ) -> EncodedCorpus:
-        """Pack lists of id lists (and, if given, the source and target lines) into flat arrays."""
+    def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]]) -> EncodedCorpus:
+        """Pack lists of id lists into flat arrays."""
 
         def pack(sentences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-            offsets = _offsets([len(s) for s in sentences])
+            offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
+            np.cumsum([len(s) for s in sentences], out=offsets[1:])
             flat = np.fromiter((i for s in sentences for i in s), dtype=np.int32, count=int(offsets[-1]))
             return flat, offsets
 
-        columns = (TextColumn.from_lines(texts[0]), TextColumn.from_lines(texts[1])) if texts else (None, None)
-        return cls(*pack(src), *pack(tgt), *columns)
+        return cls(*pack(src), *pack(tgt))
 
     @classmethod
     def load(cls, directory: Path) -> EncodedCorpus:
         """Memory-map the arrays written by `CorpusWriter`."""
         return cls(
-            _map(directory / "src_ids.bin", np.int32),
+            _map_ids(directory / "src_ids.bin"),
             np.load(directory / "src_offsets.npy"),
-            _map(directory / "tgt_ids.bin", np.int32),
+            _map_ids(directory / "tgt_ids.bin"),
             np.load(directory / "tgt_offsets.npy"),
-            TextColumn(_map(directory / "src_text.bin", np.uint8), np.load(directory / "src_text_offsets.npy")),
-            TextColumn(_map(directory / "tgt_text.bin", np.uint8), np.load(directory / "tgt_text_offsets.npy")),
         )
 
 
-def _map(path: Path, dtype: type) -> np.ndarray:
+def _map_ids(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot map an empty file
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
-
-
-# Each flat column of a cache entry (<name>.bin) and the file of its offsets (<offsets>.npy).
-CACHE_COLUMNS = {
-    "src_ids": "src_offsets",
-    "tgt_ids": "tgt_offsets",
-    "src_text": "src_text_offsets",
-    "tgt_text": "tgt_text_offsets",
-}
+        return np.zeros(0, dtype=np.int32)
+    return np.memmap(path, dtype=np.int32, mode="r")
 
 
 class CorpusWriter:
-    """Appends encoded chunks to a cache directory: ids and text straight to disk, only lengths in memory."""
+    """Appends encoded chunks to a cache directory: ids straight to disk, only lengths in memory."""
 
     def __init__(self, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.files = {name: open(directory / f"{name}.bin", "wb") for name in CACHE_COLUMNS}  # noqa: SIM115 (closed in close())
-        self.lengths: dict[str, list[np.ndarray]] = {name: [] for name in CACHE_COLUMNS}
+        self.files = {side: open(directory / f"{side}_ids.bin", "wb") for side in ("src", "tgt")}  # noqa: SIM115 (closed in close())
+        self.lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
 
     def append(self, chunk: EncodedCorpus) -> None:
         """Add a chunk's pairs after those already written."""
         for side in ("src", "tgt"):
-            ids, text = getattr(chunk, f"{side}_ids"), getattr(chunk, f"{side}_text")
-            self._write(f"{side}_ids", np.ascontiguousarray(ids, dtype=np.int32), getattr(chunk, f"{side}_offsets"))
-            self._write(f"{side}_text", text.data, text.offsets)
-
-    def _write(self, name: str, flat: np.ndarray, offsets: np.ndarray) -> None:
-        self.files[name].write(flat.tobytes())
-        self.lengths[name].append(np.diff(offsets))
+            self.files[side].write(np.ascontiguousarray(getattr(chunk, f"{side}_ids"), dtype=np.int32).tobytes())
+            self.lengths[side].append(np.diff(getattr(chunk, f"{side}_offsets")))
 
     def close(self, stats: dict) -> None:
         """Finish the files: offsets and the stats that mark the entry complete."""
-        for name, offsets_name in CACHE_COLUMNS.items():
-            self.files[name].close()
-            lengths = np.concatenate(self.lengths[name]) if self.lengths[name] else np.zeros(0, dtype=np.int64)
-            np.save(self.directory / f"{offsets_name}.npy", _offsets(lengths))
+        for side in ("src", "tgt"):
+            self.files[side].close()
+            lengths = np.concatenate(self.lengths[side]) if self.lengths[side] else np.zeros(0, dtype=np.int64)
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            np.save(self.directory / f"{side}_offsets.npy", offsets)
         (self.directory / "stats.json").write_text(json.dumps(stats))
 
 
@@ -229,7 +176,7 @@ def encode_and_filter(
 ) -> tuple[EncodedCorpus, dict]:
     """Encode a training corpus, skipping empty and over-long pairs; returns the corpus and counts."""
     src_encoded, tgt_encoded = tokenizer.encode_src(src_lines), tokenizer.encode_tgt(tgt_lines)
-    kept_src, kept_tgt, kept_src_text, kept_tgt_text = [], [], [], []
+    kept_src, kept_tgt = [], []
     stats = {"pairs": len(src_lines), "kept": 0, "skipped_empty": 0, "skipped_too_long": 0}
     for src_text, tgt_text, src, tgt in zip(src_lines, tgt_lines, src_encoded, tgt_encoded):
         if not src_text.strip() or not tgt_text.strip() or not src or not tgt:
@@ -239,10 +186,8 @@ def encode_and_filter(
         else:
             kept_src.append(src)
             kept_tgt.append(tgt)
-            kept_src_text.append(src_text)
-            kept_tgt_text.append(tgt_text)
     stats["kept"] = len(kept_src)
-    return EncodedCorpus.from_lists(kept_src, kept_tgt, (kept_src_text, kept_tgt_text)), stats
+    return EncodedCorpus.from_lists(kept_src, kept_tgt), stats
 
 
 def parallel_chunks(src_path: Path, tgt_path: Path, size: int = CHUNK_LINES) -> Iterator[tuple[list[str], list[str]]]:
@@ -340,7 +285,7 @@ class CorpusSet:
 
     def __init__(self, corpora: Sequence[EncodedCorpus]):
         self.corpora = list(corpora)
-        self.starts = _offsets([len(c) for c in self.corpora])  # [K + 1]
+        self.starts = np.concatenate([[0], np.cumsum([len(c) for c in self.corpora])]).astype(np.int64)  # [K + 1]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -362,21 +307,21 @@ class CorpusSet:
         corpus, local = self._locate(index)
         return corpus.pair(local)
 
-    def texts(self, index: int) -> tuple[str, str]:
-        """Source and target text of pair `index` of the set."""
-        corpus, local = self._locate(index)
-        return corpus.texts(local)
-
 
 def weighted_epoch(sizes: Sequence[int], weights: Sequence[float], seed: int, epoch: int) -> np.ndarray:
-    """The pairs (indices into a CorpusSet of corpora of `sizes`) one epoch draws: from each corpus, weight x its
-    size pairs: every pair floor(weight) times, plus a random share (weight's fraction, drawn per epoch)."""
-    parts, start = [], 0
+    """The pairs one epoch draws from corpora of `sizes` (a CorpusSet): from each, weight x its size pairs: every
+    pair floor(weight) times, plus a random share (the weight's fraction, drawn per epoch).
+
+    Copy c of pair i is numbered i + c x total (total: all corpora's pairs), so that each copy is an item
+    of its own (subword sampling draws each copy's segmentation separately); index % total is the pair.
+    """
+    parts, start, total = [], 0, sum(sizes)
     for k, (size, weight) in enumerate(zip(sizes, weights)):
         whole, fraction = divmod(weight, 1.0)
         rng = np.random.default_rng([seed, epoch, k])
         extra = np.sort(rng.choice(size, round(fraction * size), replace=False))
-        parts.append(np.concatenate([np.tile(np.arange(size), int(whole)), extra]) + start)
+        copies = [np.arange(size) + copy * total for copy in range(int(whole))]
+        parts.append(np.concatenate([*copies, extra + int(whole) * total]) + start)
         start += size
     return np.concatenate(parts).astype(np.int64)
 
@@ -400,9 +345,9 @@ class ParallelDataset(Dataset):
         return len(self.corpus)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        src, tgt = self.corpus.pair(index)
+        src, tgt = self.corpus.pair(index % len(self.corpus))  # index: a copy's number (see weighted_epoch)
         if self.subwords is not None:
-            sampled = self.subwords.segment(self.corpus.texts(index), self.epoch, index)
+            sampled = self.subwords.segment((src, tgt), self.epoch, index)
             if sampled is not None:
                 src, tgt = np.asarray(sampled[0]), np.asarray(sampled[1])
         return _with_eos(src), _with_eos(tgt)
@@ -526,8 +471,10 @@ class TokenBucketSampler(Sampler[list[int]]):
         average = max(1, int(np.mean(self.widths))) if len(self.widths) else 1
         pool_size = max(1, self.pool_batches * self.max_tokens // average)
         batches: list[list[int]] = []
+        pairs = len(self.widths)  # indices of copies (weighted_epoch) are pair + copy x pairs
         for start in range(0, len(order), pool_size):
-            pool = sorted(order[start : start + pool_size], key=lambda i: (self.tgt_lengths[i], self.src_lengths[i]))
+            pool = order[start : start + pool_size]
+            pool.sort(key=lambda i: (self.tgt_lengths[i % pairs], self.src_lengths[i % pairs]))
             batches.extend(self._cut(pool))
         if self.shuffle:
             rng.shuffle(batches)
@@ -537,7 +484,7 @@ class TokenBucketSampler(Sampler[list[int]]):
         batch: list[int] = []
         widest = 0
         for index in pool:
-            width = int(self.widths[index])
+            width = int(self.widths[index % len(self.widths)])
             if batch and max(widest, width) * (len(batch) + 1) > self.max_tokens:
                 yield batch
                 batch, widest = [], 0

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.figure import Figure
 
 
@@ -55,7 +56,12 @@ def plot_attention(src_pieces: list[str], out_pieces: list[str], weights, path: 
 
 
 def attention_figure(src_pieces: list[str], out_pieces: list[str], weights, title: str = "") -> Figure:
-    """An attention heatmap figure: output pieces (rows) against source pieces (columns), weights [out, src]."""
+    """An attention heatmap figure: output pieces (rows) against source pieces (columns), weights [out, src].
+
+    An empty output (an early model's, say) is drawn as one empty row, so that the figure still shows the source.
+    """
+    if len(out_pieces) == 0:
+        out_pieces, weights = ["(empty output)"], torch.zeros(1, len(src_pieces))
     width = max(4.0, 0.32 * len(src_pieces) + 2)
     height = max(3.0, 0.3 * len(out_pieces) + 1.5)
     figure, axis = plt.subplots(figsize=(width, height))

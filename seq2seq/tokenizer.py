@@ -38,6 +38,11 @@ class Tokenizer:
         return self.src_model == self.tgt_model
 
     @property
+    def model_type(self) -> str:
+        """What the (source) SentencePiece model was trained as: unigram, bpe, word or char."""
+        return model_type(self.src_model)
+
+    @property
     def src_vocab_size(self) -> int:
         return self.src.get_piece_size()
 
@@ -73,6 +78,54 @@ class Tokenizer:
     def from_state_dict(cls, state: dict) -> Tokenizer:
         """Rebuild from `state_dict()` output."""
         return cls(state["src_model"], state["tgt_model"])
+
+
+MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}  # SentencePiece's TrainerSpec.ModelType
+
+
+def model_type(model: bytes) -> str:
+    """The model type stored in a SentencePiece model's bytes (ModelProto.trainer_spec.model_type).
+
+    Read straight from the protobuf wire format: field 2 of the model is the trainer spec, field 3
+    of that the type (absent: unigram, protobuf's default).
+    """
+    trainer_spec = _protobuf_field(model, 2)
+    value = _protobuf_field(trainer_spec, 3) if isinstance(trainer_spec, bytes) else None
+    return MODEL_TYPES.get(value if isinstance(value, int) else 1, "unigram")
+
+
+def _protobuf_field(message: bytes, wanted: int) -> bytes | int | None:
+    """The first value of field `wanted` in a serialized protobuf message (bytes or an integer), or None."""
+    position = 0
+    while position < len(message):
+        key, position = _varint(message, position)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, position = _varint(message, position)
+            if field == wanted:
+                return value
+        elif wire_type == 2:
+            size, position = _varint(message, position)
+            if field == wanted:
+                return message[position : position + size]
+            position += size
+        elif wire_type in (1, 5):
+            position += 8 if wire_type == 1 else 4
+        else:
+            return None  # groups: not used by SentencePiece
+    return None
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while position < len(data):
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    return value, position
 
 
 def _processor(model: bytes) -> spm.SentencePieceProcessor:

@@ -91,13 +91,14 @@ class Interval:
     grad_norm: torch.Tensor  # sum over applied updates of the gradient norm (before clipping)
     updates: int
     tokens: int
+    pairs: int
     started: float
 
     @classmethod
     def starting(cls, device: torch.device) -> Interval:
         """An empty interval starting now."""
         zero = torch.zeros((), dtype=torch.float64, device=device)
-        return cls(zero, zero.clone(), 0, 0, time.monotonic())
+        return cls(zero, zero.clone(), 0, 0, 0, time.monotonic())
 
 
 class Trainer:
@@ -189,6 +190,7 @@ class Trainer:
             self.interval.grad_norm += grad_norm.double()
             self.interval.updates += 1
             self.interval.tokens += tokens
+            self.interval.pairs += sum(len(batch.src_lengths) for batch in batches)
         self.state.elapsed = time.monotonic() - start
         bar.update(1)
         if self.state.step % settings.log_every == 0 and self.interval.tokens:
@@ -275,7 +277,8 @@ class Trainer:
     def _log_progress(self, bar: tqdm) -> None:
         """Record loss and speed over the last interval (summed over all processes)."""
         seconds = time.monotonic() - self.interval.started
-        loss_sum, tokens = sum_over_processes(self.group, [self.interval.loss.item(), float(self.interval.tokens)])
+        totals = [self.interval.loss.item(), float(self.interval.tokens), float(self.interval.pairs)]
+        loss_sum, tokens, pairs = sum_over_processes(self.group, totals)
         grad_norm = self.interval.grad_norm.item() / max(self.interval.updates, 1)  # the same on every process
         self.interval = Interval.starting(self.device)
         if not self.group.is_main:
@@ -289,6 +292,7 @@ class Trainer:
             "minutes": round(self.state.elapsed / 60, 3),
             "train_loss": round(loss, 4),
             "tokens_per_s": round(tokens_per_second, 1),
+            "sentences_per_s": round(pairs / seconds, 2),
             "lr": lr,
             "grad_norm": round(grad_norm, 4),
         }

@@ -14,6 +14,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
 
 import decoding
+import experiments
+import finetune
+import training_options
 import versus_joey
 
 
@@ -92,4 +95,33 @@ def test_the_committed_decoding_table_is_the_scripts_rendering_of_the_committed_
     docs = Path(__file__).resolve().parent.parent / "docs"
     results = json.loads((docs / "decoding.json").read_text(encoding="utf-8"))
     assert (docs / "decoding.md").read_text(encoding="utf-8") == decoding.markdown(results)
+    assert len(results["commit"]) == 40 and results["dirty"] is False
+
+
+def test_the_testaments_split_where_the_new_testament_starts(tmp_path: Path):
+    """finetune.py cuts the bundled training file at Matthew 1:1 and the dev file at Philemon 1:1."""
+    splits = finetune.split_testaments(tmp_path)
+    assert splits["pairs"] == {"train_ot": 21142, "train_nt": 7007, "dev_ot": 623, "dev_nt": 353}
+    prefixes = splits["prefixes"]
+    assert (tmp_path / "train_nt.en").read_text(encoding="utf-8").startswith(finetune.MATTHEW_1_1 + "\n")
+    assert (tmp_path / "dev_nt.en").read_text(encoding="utf-8").startswith(finetune.PHILEMON_1_1 + "\n")
+    for lang in ("es", "en"):
+        data = Path(__file__).resolve().parents[1] / "data"
+        whole = (data / f"train.{lang}").read_text(encoding="utf-8")
+        parts = [Path(f"{prefixes[name]}.{lang}").read_text(encoding="utf-8") for name in ("train_ot", "train_nt")]
+        assert "".join(parts) == whole
+
+
+def test_mean_speed_is_the_harmonic_mean_of_the_records_after_the_first(tmp_path: Path):
+    records = [{"tokens_per_s": 1.0}, {"tokens_per_s": 100.0}, {"tokens_per_s": 300.0}]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert experiments.mean_speed(tmp_path) == 150.0  # 2 / (1/100 + 1/300)
+
+
+@pytest.mark.parametrize("name, script", [("finetune", finetune), ("training_options", training_options)])
+def test_the_committed_training_tables_are_the_scripts_rendering_of_the_committed_json(name: str, script):
+    """docs/finetune.md and docs/training_options.md are written from their JSON by their script, from a clean tree."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    results = json.loads((docs / f"{name}.json").read_text(encoding="utf-8"))
+    assert (docs / f"{name}.md").read_text(encoding="utf-8") == script.markdown(results)
     assert len(results["commit"]) == 40 and results["dirty"] is False

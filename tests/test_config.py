@@ -16,15 +16,19 @@ from seq2seq.config import (
     Config,
     ConfigError,
     DecodeConfig,
+    SamplingConfig,
+    TrainCorpus,
     config_from_dict,
     config_to_dict,
     decode_with,
     load_config,
     parse_duration,
     save_config,
+    train_corpora,
 )
 from seq2seq.errors import UserError
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 BASE = {"train": {"max_steps": 10}}  # the smallest valid config: a run needs an end
 
 
@@ -377,3 +381,155 @@ def test_a_whole_decode_config_can_replace_the_checkpoints():
     assert decode_with(DecodeConfig(beam=3), DecodeConfig(beam=1, n_best=1)) == DecodeConfig(beam=1)
     with pytest.raises(ConfigError, match=r"decoding option beam \(--beam\) must be greater than 0"):
         decode_with(DecodeConfig(), DecodeConfig(beam=0))
+
+
+# --- several training corpora, fine-tuning, subword sampling, EMA and TensorBoard -------------------------
+
+
+@pytest.mark.parametrize(
+    "train, expected",
+    [
+        ("data/train", [TrainCorpus("data/train", 1.0)]),
+        (["a", "b"], [TrainCorpus("a", 1.0), TrainCorpus("b", 1.0)]),
+        (["a", {"prefix": "b", "weight": 2}], [TrainCorpus("a", 1.0), TrainCorpus("b", 2.0)]),
+        ([{"prefix": "a"}], [TrainCorpus("a", 1.0)]),
+        (
+            [{"prefix": "a", "weight": "0.5"}, {"prefix": "b", "weight": 2.5}],
+            [TrainCorpus("a", 0.5), TrainCorpus("b", 2.5)],
+        ),
+    ],
+    ids=["prefix", "prefixes", "mixed", "mapping", "fractions"],
+)
+def test_data_train_takes_a_prefix_or_a_list_of_weighted_corpora(tmp_path: Path, train, expected: list):
+    config = config_from_dict(with_value("data.train", train))
+    assert train_corpora(config.data) == expected
+    assert all(isinstance(corpus.weight, float) for corpus in train_corpora(config.data))
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ([], "config key 'data.train' must be a non-empty list, got []"),
+        ("", "config key 'data.train' needs a prefix"),
+        (["a", {"weight": 2}], "config key 'data.train[1]' needs a prefix"),
+        (["a", " "], "config key 'data.train[1]' needs a prefix"),
+        (["a", {"prefix": "b", "weight": 0}], "config key 'data.train[1].weight' must be greater than 0, got 0.0"),
+        ([{"prefix": "a", "weight": -1}], "config key 'data.train[0].weight' must be greater than 0, got -1.0"),
+        (["a", {"prefix": "b", "weight": float("nan")}], "config key 'data.train[1].weight' must be a finite number"),
+        (["a", {"prefix": "b", "weight": float("inf")}], "config key 'data.train[1].weight' must be a finite number"),
+        (["a", {"prefix": "b", "weight": "heavy"}], "config key 'data.train[1].weight' must be a number, got 'heavy'"),
+        (["a", {"prefix": "a", "weight": 2}], "config key 'data.train[1]': corpus a is listed twice"),
+        (
+            ["a", {"prefix": "b", "wieght": 2}],
+            "unknown config key 'data.train[1].wieght' (did you mean 'data.train[1].weight'?)",
+        ),
+        ([5], "config key 'data.train[0]' must be a string or a mapping, got 5"),
+        (None, "config key 'data.train' must be a string or a list"),
+    ],
+    ids=[
+        "empty-list",
+        "empty-prefix",
+        "no-prefix",
+        "blank-prefix",
+        "zero-weight",
+        "negative-weight",
+        "nan-weight",
+        "inf-weight",
+        "word-weight",
+        "twice",
+        "misspelt-key",
+        "number",
+        "null",
+    ],
+)
+def test_bad_training_corpora_are_one_clear_error(train, message: str):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(with_value("data.train", train))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "tokenizer, expected",
+    [
+        ({"sampling": {}}, SamplingConfig(alpha=0.1, nbest=-1)),
+        ({"sampling": {"alpha": 2, "nbest": 2}}, SamplingConfig(alpha=2.0, nbest=2)),  # unigram: any alpha > 0
+        ({"model_type": "bpe", "sampling": {"alpha": 0.1}}, SamplingConfig(alpha=0.1)),
+        ({"sampling": None}, None),
+    ],
+)
+def test_subword_sampling_settings(tokenizer: dict, expected):
+    assert config_from_dict({**BASE, "tokenizer": tokenizer}).tokenizer.sampling == expected
+
+
+@pytest.mark.parametrize(
+    "tokenizer, message",
+    [
+        ({"sampling": {"alpha": 0}}, "config key 'tokenizer.sampling.alpha' must be greater than 0, got 0.0"),
+        ({"sampling": {"alpha": -1}}, "config key 'tokenizer.sampling.alpha' must be greater than 0, got -1.0"),
+        ({"sampling": {"alpha": float("inf")}}, "config key 'tokenizer.sampling.alpha' must be a finite number"),
+        ({"sampling": {"alpha": float("nan")}}, "config key 'tokenizer.sampling.alpha' must be a finite number"),
+        (
+            {"model_type": "bpe", "sampling": {"alpha": 1}},
+            "config key 'tokenizer.sampling.alpha' is BPE-dropout's probability: it must be in (0, 1), got 1.0",
+        ),
+        ({"model_type": "bpe", "sampling": {"alpha": 0}}, "config key 'tokenizer.sampling.alpha' is BPE-dropout's"),
+        ({"sampling": {"nbest": 0}}, "config key 'tokenizer.sampling.nbest' must be -1 (sample from all"),
+        ({"sampling": {"nbest": 1}}, "config key 'tokenizer.sampling.nbest' must be -1 (sample from all"),
+        ({"sampling": {"nbest": -2}}, "config key 'tokenizer.sampling.nbest' must be -1 (sample from all"),
+        (
+            {"model_type": "word", "sampling": {}},
+            "config key 'tokenizer.sampling' needs tokenizer.model_type unigram or bpe, not 'word'",
+        ),
+        ({"model_type": "char", "sampling": {}}, "config key 'tokenizer.sampling' needs tokenizer.model_type"),
+        ({"sampling": {"alhpa": 0.1}}, "unknown config key 'tokenizer.sampling.alhpa' (did you mean"),
+        ({"sampling": 0.1}, "config key 'tokenizer.sampling' must be a mapping or null, got 0.1"),
+    ],
+)
+def test_impossible_subword_sampling_is_refused(tokenizer: dict, message: str):
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({**BASE, "tokenizer": tokenizer})
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("value", [0.999, 0.5, "0.99", None])
+def test_ema_decay_takes_a_fraction_or_null(value):
+    expected = None if value is None else float(value)
+    assert config_from_dict(with_value("train.ema_decay", value)).train.ema_decay == expected
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.5, float("nan"), float("inf"), True, "slow"])
+def test_ema_decay_outside_0_to_1_is_refused(value):
+    with pytest.raises(ConfigError, match=r"^config key 'train\.ema_decay' must be"):
+        config_from_dict(with_value("train.ema_decay", value))
+
+
+def test_init_from_names_a_checkpoint_or_is_null():
+    assert config_from_dict(with_value("train.init_from", "runs/x/best.pt")).train.init_from == "runs/x/best.pt"
+    assert config_from_dict(BASE).train.init_from is None
+    for blank in ("", "  "):
+        with pytest.raises(
+            ConfigError, match=r"config key 'train\.init_from' must name a checkpoint file \(or be null\)"
+        ):
+            config_from_dict(with_value("train.init_from", blank))
+    with pytest.raises(ConfigError, match=r"config key 'train\.init_from' must be a string or null, got 3"):
+        config_from_dict(with_value("train.init_from", 3))
+
+
+def test_tensorboard_is_true_or_false():
+    assert config_from_dict(with_value("train.tensorboard", True)).train.tensorboard is True
+    assert config_from_dict(BASE).train.tensorboard is False
+    for value in ("yes", 1, None):
+        with pytest.raises(ConfigError, match=rf"config key 'train\.tensorboard' must be true or false, got {value!r}"):
+            config_from_dict(with_value("train.tensorboard", value))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_loads(path: Path):
+    assert isinstance(load_config(path), Config)
+
+
+def test_configs_are_shipped():
+    assert len(list(CONFIGS.glob("*.yaml"))) >= 3
