@@ -90,7 +90,10 @@ def mean_speed(run_dir: Path, key: str = "tokens_per_s") -> float:
 
 
 def write_results(results: dict, output: Path, markdown: str) -> None:
-    """OUTPUT.json and OUTPUT.md, as written (never edited by hand)."""
+    """OUTPUT.json and OUTPUT.md, as written (never edited by hand); a warning when the tree was dirty at the start
+    (the committed docs must come from a clean tree: commit one script's output before starting the next)."""
+    if results["dirty"]:
+        log.warning("The tree had uncommitted changes when this started: commit, then run again to publish")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     output.with_suffix(".md").write_text(markdown)
