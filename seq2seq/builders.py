@@ -18,7 +18,14 @@ import torch
 
 from seq2seq.board import TensorBoardLog
 from seq2seq.checkpoint import TrainingCheckpoint, TrainingState, WeightsCheckpoint, read_weights
-from seq2seq.config import Config, DecodeConfig, config_from_dict, config_to_dict, train_corpora
+from seq2seq.config import (
+    SAMPLING_MODEL_TYPES,
+    Config,
+    DecodeConfig,
+    config_from_dict,
+    config_to_dict,
+    train_corpora,
+)
 from seq2seq.data import (
     CorpusSet,
     ParallelDataset,
@@ -36,7 +43,7 @@ from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.rundir import RunDir
 from seq2seq.schedule import LearningRateSchedule
-from seq2seq.subwords import ESTIMATE_PAIRS, SAMPLING_MODEL_TYPES, SubwordSampler, expected_lengths
+from seq2seq.subwords import ESTIMATE_PAIRS, SubwordSampler, expected_lengths
 from seq2seq.textfiles import count_lines
 from seq2seq.tokenizer import Tokenizer, build_tokenizer
 from seq2seq.validation import Validator, load_dev_set

@@ -56,6 +56,9 @@ class DataConfig:
     prepare_workers: int = 0  # processes encoding the corpus once (0: one per core above 20 MB, else 1)
 
 
+SAMPLING_MODEL_TYPES = ("unigram", "bpe")  # word and char models have one segmentation only
+
+
 @dataclass
 class SamplingConfig:
     """Subword regularisation: each epoch draws a new segmentation of every training pair.
@@ -438,7 +441,7 @@ def _check_sampling(tokenizer: TokenizerConfig) -> None:
     sampling = tokenizer.sampling
     if sampling is None:
         return
-    if tokenizer.model_type not in ("unigram", "bpe"):
+    if tokenizer.model_type not in SAMPLING_MODEL_TYPES:
         raise ConfigError(
             f"config key 'tokenizer.sampling' needs tokenizer.model_type unigram or bpe, not {tokenizer.model_type!r}"
         )

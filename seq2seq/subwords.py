@@ -26,7 +26,6 @@ import sentencepiece as spm
 from seq2seq.config import SamplingConfig
 from seq2seq.tokenizer import UNK_ID, Tokenizer
 
-SAMPLING_MODEL_TYPES = ("unigram", "bpe")  # word and char models have one segmentation only
 ESTIMATE_PAIRS = 1000  # pairs segmented at the start to estimate how much longer sampled segmentations are
 UNKNOWN_PENALTY = 10.0  # an unknown character's score: the lowest piece score minus this (as SentencePiece)
 WORD_START = "\u2581"  # SentencePiece's whitespace mark

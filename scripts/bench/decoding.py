@@ -21,7 +21,6 @@ import datetime
 import json
 import logging
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from experiments import commit
 
 from seq2seq.checkpoint import average_checkpoints
 from seq2seq.config import DecodeConfig
@@ -43,13 +44,6 @@ from seq2seq.search import decode_lines
 
 log = logging.getLogger("bench")
 CPU = torch.device("cpu")
-
-
-def commit() -> dict:
-    """The full commit hash of this tree and whether it had uncommitted changes."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def decode_run(paths: list[Path], sources: list[str], references: list[str], options: DecodeConfig) -> dict:

@@ -22,17 +22,21 @@ SEQ2SEQ = [sys.executable, "-m", "seq2seq"]
 log = logging.getLogger("bench")
 
 
-def provenance(argv: list[str]) -> dict:
-    """The date, the command, the full commit hash, whether the tree had uncommitted changes, and the machine."""
+def commit() -> dict:
+    """The full commit hash of this tree and whether it had uncommitted changes."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def provenance(argv: list[str]) -> dict:
+    """The date, the command, the full commit hash, whether the tree had uncommitted changes, and the machine."""
     import torch
 
     return {
         "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", *argv]),
-        "commit": head.stdout.strip(),
-        "dirty": bool(status.stdout.strip()),
+        **commit(),
         "machine": {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
