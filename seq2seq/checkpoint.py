@@ -300,6 +300,9 @@ class Trained:
     tokenizer: Tokenizer
     config: Config
     step: int | None
+    best_bleu: float | None = None
+    run: dict[str, Any] = field(default_factory=dict)  # the run's record (versions, command, data hashes)
+    averaged_from: list[str] | None = None
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Trained:
@@ -313,7 +316,15 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     except (KeyError, RuntimeError, TypeError, UserError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"{path} is not a complete seq2seq checkpoint ({reason})") from None
-    return Trained(model.to(device).eval(), tokenizer, config, checkpoint.step)
+    return Trained(
+        model.to(device).eval(),
+        tokenizer,
+        config,
+        checkpoint.step,
+        checkpoint.best_bleu,
+        checkpoint.run,
+        checkpoint.averaged_from,
+    )
 
 
 def average_checkpoints(paths: list[str], output: str) -> dict[str, Any]:

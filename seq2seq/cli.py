@@ -1,4 +1,4 @@
-"""Command line: `seq2seq train|evaluate|translate|score|average|compare|align|info ...`. Parses arguments and calls library functions only."""
+"""Command line: `seq2seq train|evaluate|translate|score|serve|average|compare|align|info ...`. Parses arguments and calls library functions only."""
 
 from __future__ import annotations
 
@@ -146,6 +146,33 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+    import os
+
+    from seq2seq.config import ServeLimits
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"seq2seq serve needs {' and '.join(missing)}: pip install -e '.[serve]'")
+    from seq2seq.server import serve
+    from seq2seq.translate import Translator
+
+    limits = ServeLimits(
+        args.max_sentences,
+        args.max_chars,
+        args.max_body_bytes,
+        args.max_beam,
+        args.max_request_output_ratio,
+        args.max_wait_ms,
+    )
+    limits.check()
+    api_key = args.api_key or os.environ.get("SEQ2SEQ_API_KEY") or None
+    translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights)
+    serve(translator, args.host, args.port, limits, api_key, access_log=not args.no_access_log)
+    return 0
+
+
 def _average(args: argparse.Namespace) -> int:
     from seq2seq.checkpoint import average_checkpoints
     from seq2seq.rundir import RunDir
@@ -265,6 +292,43 @@ def _add_score(commands: Any) -> None:
     score.set_defaults(func=_score)
 
 
+def _add_serve(commands: Any) -> None:
+    from seq2seq.config import ServeLimits, flag
+
+    limits = ServeLimits()
+    serve = commands.add_parser("serve", help="serve checkpoint(s): a JSON API and a web page with the attention")
+    _add_checkpoints(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
+    serve.add_argument(
+        "--api-key",
+        help="protect the /v1 endpoints with this Bearer key (or set SEQ2SEQ_API_KEY, which ps does not show)",
+    )
+    serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=limits.max_wait_ms,
+        help=f"how long a request waits for others to batch with (default {limits.max_wait_ms})",
+    )
+    for name, text in (
+        ("max_sentences", "sentences per request"),
+        ("max_chars", "characters per sentence"),
+        ("max_body_bytes", "bytes per request body"),
+        ("max_beam", "beam size and n-best a request may ask for"),
+    ):
+        default = getattr(limits, name)
+        serve.add_argument(flag(name), type=int, default=default, help=f"{text} (default {default})")
+    serve.add_argument(
+        "--max-request-output-ratio",
+        type=float,
+        default=limits.max_output_ratio,
+        help=f"the largest max_output_ratio a request may ask for (default {limits.max_output_ratio})",
+    )
+    _add_decode_arguments(serve, SEARCH_OPTIONS + ("n_best",) + SAMPLING_OPTIONS)
+    serve.set_defaults(func=_serve)
+
+
 def _add_average(commands: Any) -> None:
     average = commands.add_parser("average", help="average the weights of several checkpoints of one run")
     average.add_argument("checkpoints", nargs="+", help="checkpoint files, or one run directory with --last")
@@ -312,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_translate,
         _add_score,
+        _add_serve,
         _add_average,
         _add_compare,
         _add_align,

@@ -187,6 +187,25 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
 
+@dataclass
+class ServeLimits:
+    """What one request may ask for; beyond these the answer is 413 (sizes) or 422 (options), naming the limit."""
+
+    max_sentences: int = 64  # sentences (or pairs) per request
+    max_chars: int = 2000  # characters per sentence
+    max_body_bytes: int = 1_000_000  # the request body
+    max_beam: int = 16  # beam and n_best
+    max_output_ratio: float = 4.0  # outputs up to this x source length + 5 pieces
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+
+    def check(self) -> None:
+        """Every limit must be a positive finite number (the wait may be 0)."""
+        for name, value in dataclasses.asdict(self).items():
+            option = "--max-request-output-ratio" if name == "max_output_ratio" else flag(name)
+            if not math.isfinite(value) or value < 0 or (value == 0 and name != "max_wait_ms"):
+                raise UserError(f"{option} must be a positive number, got {value!r}")
+
+
 # --- building dataclasses from plain dicts, with checks -------------------------------------
 
 UNION_TYPES = (typing.Union, types.UnionType)  # Optional[int] and int | None
@@ -532,14 +551,17 @@ def check_decode(decode: DecodeConfig, name: typing.Callable[[str], str] = confi
 
 
 def decode_with(
-    base: DecodeConfig, overrides: typing.Mapping[str, Any] | DecodeConfig | None, warn_unused: bool = True
+    base: DecodeConfig,
+    overrides: typing.Mapping[str, Any] | DecodeConfig | None,
+    warn_unused: bool = True,
+    name: typing.Callable[[str], str] = option_name,
 ) -> DecodeConfig:
     """`base` (a checkpoint's decode section, say) with `overrides` applied (None values are ignored), checked.
 
     `overrides` may also be a whole DecodeConfig, which then replaces `base`. With `warn_unused`, options the
-    resulting decoding does not use are named in a warning.
+    resulting decoding does not use are named in a warning. `name` says how messages call an option (the
+    command line's flags by default; the server's JSON fields).
     """
-    name = option_name
     if isinstance(overrides, DecodeConfig):
         check_decode(overrides, name)
         return overrides

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from seq2seq.checkpoint import load_trained
+from seq2seq.checkpoint import Trained, load_trained
 from seq2seq.config import Config
 from seq2seq.decoder import DecoderState, Memory
 from seq2seq.errors import UserError
@@ -121,6 +121,8 @@ class LoadedEnsemble:
     tokenizer: Tokenizer
     config: Config  # the first checkpoint's (its decode section gives the decoding defaults)
     steps: list[int | None]
+    paths: list[Path] = field(default_factory=list)
+    members: list[Trained] = field(default_factory=list)  # each checkpoint as loaded (its record: run, best_bleu)
 
 
 def load_ensemble(
@@ -140,4 +142,5 @@ def load_ensemble(
         if languages != (first.config.data.src_lang, first.config.data.tgt_lang):
             raise UserError(f"{paths[0]} and {path} translate different languages: they cannot decode together")
     ensemble = Ensemble([trained.model for trained in loaded], weights)
-    return LoadedEnsemble(ensemble, first.tokenizer, first.config, [trained.step for trained in loaded])
+    steps = [trained.step for trained in loaded]
+    return LoadedEnsemble(ensemble, first.tokenizer, first.config, steps, [Path(p) for p in paths], loaded)

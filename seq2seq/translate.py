@@ -118,9 +118,15 @@ class Translator:
         """Hypotheses given per sentence."""
         return self.options.n_best
 
-    def translate(self, lines: Sequence[str], progress: Any = None, **options: Any) -> list[Translation]:
-        """Translate each line (an empty line gives one empty candidate); `options` override decoding for this call."""
-        decode = decode_with(self.options, options) if options else self.options
+    def translate(
+        self, lines: Sequence[str], progress: Any = None, *, decode: DecodeConfig | None = None, **options: Any
+    ) -> list[Translation]:
+        """Translate each line (an empty line gives one empty candidate).
+
+        `options` override decoding for this call (beam=1, ...); `decode` replaces it whole (already checked).
+        """
+        if decode is None:
+            decode = decode_with(self.options, options) if options else self.options
         found = decode_lines(self.loaded.ensemble, self.tokenizer, list(lines), self.device, decode, progress)
         return [self._translation(line, hypotheses, decode) for line, hypotheses in zip(lines, found)]
 
