@@ -147,15 +147,14 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import importlib.util
     import os
 
     from seq2seq.config import ServeLimits
 
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UserError(f"seq2seq serve needs {' and '.join(missing)}: pip install -e '.[serve]'")
-    from seq2seq.server import serve
+    try:
+        from seq2seq.server import serve
+    except ImportError as exc:
+        raise UserError(f"seq2seq serve needs FastAPI and uvicorn ({exc}): pip install -e '.[serve]'") from None
     from seq2seq.translate import Translator
 
     limits = ServeLimits(

@@ -440,6 +440,8 @@ class BodyLimit:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), or one line saying why not."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"cannot listen on {host}:{port}: a port is a number from 0 to 65535")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         listener = socket.socket(family, kind, proto)
@@ -469,7 +471,7 @@ def serve(
     api_key: str | None = None,
     access_log: bool = True,
 ) -> None:
-    """Serve `translator` until Ctrl-C (or SIGTERM)."""
+    """Serve `translator` until Ctrl-C (returns) or SIGTERM (ends the process once requests in flight finish)."""
     app = create_app(translator, limits, api_key)
     listener = bind(host, port)
     if not is_local(host):
@@ -486,7 +488,11 @@ def serve(
         logging.getLogger(name).handlers = logging.getLogger("seq2seq").handlers
         logging.getLogger(name).setLevel(logging.INFO)
     config = uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[listener])
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then raised the Ctrl-C again: the normal way out
+        pass
+    log.info("stopped")
 
 
 @contextlib.contextmanager

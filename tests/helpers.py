@@ -223,14 +223,17 @@ def assert_subprocess_one_line_error(result: subprocess.CompletedProcess) -> str
 # --- background processes -------------------------------------------------------------------------------
 
 
-def seq2seq_process(directory: Path, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-    """`python -m seq2seq ARGS` in the background, in `directory`; its stderr goes to directory/NAME.stderr."""
+def seq2seq_process(
+    directory: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, Path]:
+    """`python -m seq2seq ARGS` in the background, in `directory` (with `env` added to the environment); its
+    stderr goes to directory/NAME.stderr."""
     stderr = directory / f"{name}.stderr"
     with open(stderr, "w", encoding="utf-8") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "seq2seq", *args],
             cwd=directory,
-            env=SUBPROCESS_ENV,
+            env=SUBPROCESS_ENV | (env or {}),
             stdout=subprocess.DEVNULL,
             stderr=handle,
         )

@@ -1,0 +1,261 @@
+"""`seq2seq serve` under load, next to `seq2seq translate`'s batch mode on the same sentences.
+
+    python scripts/bench/serve_load.py [--checkpoint runs/quickstart/best.pt]
+
+1. Batch mode: the test split's sources through `translate_batch` (what `seq2seq translate -i FILE` runs), timed
+   without the model's loading.
+2. The server: `seq2seq serve CHECKPOINT --port 0` (the real command, in its own process), then for 1, 8 and
+   32 concurrent clients, each request one test sentence (every sentence once per level), on 127.0.0.1 only:
+   sentences/s and p50/p95/p99 latency, failed requests.
+3. Memory: 10,000 more requests from 32 clients; the server's resident memory (VmRSS) sampled every 500.
+
+Targets (issue 15): at 32 clients, throughput >= 70% of batch mode; no failed request; resident memory flat
+(within +-10% from the first sample after warm-up to the last). Writes docs/serving.json and docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import experiments
+from experiments import ROOT, SEQ2SEQ, log
+
+from seq2seq.data import file_digest
+
+TARGET_THROUGHPUT = 0.7
+TARGET_MEMORY_CHANGE = 0.1
+SERVING_LINE = re.compile(r"serving \S+ -> \S+ at (http://[^/\s]+)/")
+
+
+# --- batch mode ---------------------------------------------------------------------------------------------
+
+
+def batch_mode(checkpoint: Path, sentences: list[str], beam: int) -> dict:
+    """`seq2seq translate`'s batch mode on `sentences`, in this process, timed after the model has loaded."""
+    import io
+
+    from seq2seq.translate import Translator, translate_batch
+
+    translator = Translator(str(checkpoint), {"beam": beam}, device="cpu")
+    translator.translate(sentences[:20])  # warm-up, as the server's first requests are
+    started = time.perf_counter()
+    translate_batch(translator, io.StringIO("".join(s + "\n" for s in sentences)), io.StringIO())
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 2), "sentences_per_s": round(len(sentences) / seconds, 1)}
+
+
+# --- the server ----------------------------------------------------------------------------------------------
+
+
+class Server:
+    """`seq2seq serve CHECKPOINT --port 0` in its own process; its URL is read from its log."""
+
+    def __init__(self, checkpoint: Path, beam: int, log_file: Path):
+        command = [*SEQ2SEQ, "serve", str(checkpoint), "--port", "0", "--no-access-log", "--beam", str(beam)]
+        self.log_file = log_file
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file.open("w"))
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = SERVING_LINE.search(self.log_file.read_text())
+            if found:
+                return found.group(1)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"seq2seq serve exited: {self.log_file.read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise RuntimeError("seq2seq serve did not start in time")
+
+    def resident_mib(self) -> float:
+        """The server process's resident memory (VmRSS), MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+async def load(url: str, sentences: list[str], clients: int, requests: int, on_progress=None) -> dict:
+    """`requests` requests of one sentence each (cycling through `sentences`) from `clients` concurrent clients."""
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    next_request = iter(range(requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for number in next_request:
+            started = time.perf_counter()
+            try:
+                response = await http.post("/v1/translate", json={"text": sentences[number % len(sentences)]})
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+            latencies.append(time.perf_counter() - started)
+            if on_progress is not None:
+                on_progress(len(latencies))
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=600) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        seconds = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "clients": clients,
+        "requests": requests,
+        "failed": len(failures),
+        "failures": failures[:5],
+        "seconds": round(seconds, 2),
+        "sentences_per_s": round(requests / seconds, 1),
+        "latency_ms": {name: round(cuts[q - 1] * 1000, 1) for name, q in (("p50", 50), ("p95", 95), ("p99", 99))},
+    }
+
+
+def memory_run(server: Server, sentences: list[str], clients: int, requests: int, every: int) -> dict:
+    """`requests` requests from `clients` clients, sampling the server's resident memory every `every` requests."""
+    samples = [(0, round(server.resident_mib(), 1))]
+
+    def sample(done: int) -> None:
+        if done % every == 0:
+            samples.append((done, round(server.resident_mib(), 1)))
+
+    result = asyncio.run(load(server.url, sentences, clients, requests, sample))
+    warm = [mib for done, mib in samples if done >= every]  # from the first sample after warm-up
+    change = (warm[-1] - warm[0]) / warm[0]
+    return result | {
+        "rss_mib_samples": samples,
+        "rss_mib_first": warm[0],
+        "rss_mib_last": warm[-1],
+        "rss_mib_max": max(warm),
+        "rss_change": round(change, 4),
+    }
+
+
+# --- the whole benchmark --------------------------------------------------------------------------------------
+
+
+def measure(checkpoint: Path, sentences: list[str], levels: list[int], memory_requests: int, beam: int) -> dict:
+    """Batch mode, then the server at each level of concurrency, then the memory run; with the targets checked."""
+    log.info("Batch mode: %d sentences, beam %d", len(sentences), beam)
+    results = {"batch_mode": batch_mode(checkpoint, sentences, beam)}
+    log.info("Batch mode: %.1f sentences/s", results["batch_mode"]["sentences_per_s"])
+    with tempfile.TemporaryDirectory() as scratch:
+        server = Server(checkpoint, beam, Path(scratch) / "serve.log")
+        try:
+            asyncio.run(load(server.url, sentences, 4, 40))  # warm-up
+            results["levels"] = []
+            for clients in levels:
+                level = asyncio.run(load(server.url, sentences, clients, len(sentences)))
+                level["vs_batch_mode"] = round(level["sentences_per_s"] / results["batch_mode"]["sentences_per_s"], 3)
+                log.info("%d clients: %s", clients, {k: level[k] for k in ("sentences_per_s", "latency_ms", "failed")})
+                results["levels"].append(level)
+            if memory_requests:
+                log.info("Memory: %d requests from %d clients", memory_requests, max(levels))
+                every = max(1, min(500, memory_requests // 10))
+                results["memory"] = memory_run(server, sentences, max(levels), memory_requests, every)
+                log.info("Memory: %s", {k: v for k, v in results["memory"].items() if k.startswith("rss_mib_")})
+        finally:
+            server.stop()
+    top = results["levels"][-1]
+    results["targets"] = {
+        f"throughput_at_{top['clients']}_clients_vs_batch_mode >= {TARGET_THROUGHPUT}": (
+            top["vs_batch_mode"] >= TARGET_THROUGHPUT
+        ),
+        "no_failed_request": all(level["failed"] == 0 for level in results["levels"])
+        and results.get("memory", {}).get("failed", 0) == 0,
+    }
+    if "memory" in results:
+        results["targets"][f"rss_change_within_{TARGET_MEMORY_CHANGE:.0%}"] = (
+            abs(results["memory"]["rss_change"]) <= TARGET_MEMORY_CHANGE
+        )
+    return results
+
+
+def markdown(results: dict) -> str:
+    """docs/serving.md: the tables the README quotes."""
+    batch = results["batch_mode"]
+    lines = [
+        f"# Serving under load ({results['date']}, commit {results['commit']})",
+        "",
+        (
+            f"`{results['command']}` on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
+            f"torch {results['machine']['torch']}; checkpoint {results['checkpoint']}, beam {results['beam']}, "
+            f"the test split's {results['sentences']} sentences, one sentence per request, client and server on "
+            "this machine."
+        ),
+        "",
+        f"Batch mode (`seq2seq translate -i`): {batch['sentences_per_s']:.1f} sentences/s.",
+        "",
+        "| clients | sentences/s | vs batch mode | p50 ms | p95 ms | p99 ms | failed |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for level in results["levels"]:
+        latency = level["latency_ms"]
+        lines.append(
+            f"| {level['clients']} | {level['sentences_per_s']:.1f} | {level['vs_batch_mode']:.2f}x | "
+            f"{latency['p50']:.0f} | {latency['p95']:.0f} | {latency['p99']:.0f} | {level['failed']} |"
+        )
+    if "memory" in results:
+        memory = results["memory"]
+        lines += [
+            "",
+            (
+                f"Memory: {memory['requests']:,} requests from {memory['clients']} clients, {memory['failed']} failed; "
+                f"the server's resident memory {memory['rss_mib_first']:.0f} MiB after {memory['rss_mib_samples'][1][0]} "
+                "requests, "
+                f"{memory['rss_mib_last']:.0f} MiB at the end ({memory['rss_change']:+.1%}), "
+                f"at most {memory['rss_mib_max']:.0f} MiB."
+            ),
+        ]
+    lines += ["", "| target | met |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in results["targets"].items()), ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default="runs/quickstart/best.pt", help="what the README's first command made")
+    parser.add_argument("--src", default="data/test.es", help="the sentences to send")
+    parser.add_argument("--clients", default="1,8,32", help="levels of concurrency")
+    parser.add_argument("--memory-requests", type=int, default=10_000, help="requests of the memory run (0: none)")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--limit", type=int, help="use only the first N sentences (a quick look; not published)")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "serving"), help="writes OUTPUT.json and OUTPUT.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    checkpoint = ROOT / args.checkpoint
+    if not checkpoint.is_file():
+        print(f"serve_load.py: error: no {checkpoint}: run the README's first command first", file=sys.stderr)
+        return 2
+    sentences = (ROOT / args.src).read_text(encoding="utf-8").splitlines()[: args.limit]
+    results = experiments.provenance(sys.argv) | {
+        "checkpoint": args.checkpoint,
+        "checkpoint_sha256": file_digest(checkpoint),
+        "beam": args.beam,
+        "sentences": len(sentences),
+    }
+    levels = [int(count) for count in args.clients.split(",")]
+    results.update(measure(checkpoint, sentences, levels, args.memory_requests, args.beam))
+    output = Path(args.output) if args.limit is None else Path(tempfile.mkdtemp()) / "serving"
+    experiments.write_results(results, output, markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
