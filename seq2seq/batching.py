@@ -65,6 +65,7 @@ class DynamicBatcher:
         self.max_tokens = max_tokens
         self.stats = BatcherStats()
         self.busy = False  # a batch is in the worker thread
+        self._stopping = False
         self._waiting: deque[Job] = deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seq2seq-decode")
@@ -80,17 +81,16 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="seq2seq-batcher")
 
     async def stop(self) -> None:
-        """Stop gathering; jobs still waiting are cancelled, a batch in the worker thread finishes."""
+        """Stop gathering: the group in the worker thread finishes and its callers get their results; jobs
+        still waiting (or in a later group of the same batch) are cancelled."""
+        self._stopping = True
+        self._arrived.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
         for job in self._waiting:
             job.future.cancel()
         self._waiting.clear()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)  # idle by now
 
     async def submit(self, kind: str, options: Any, items: Sequence[Any], tokens: int) -> list[Any]:
         """Queue `items` for the next batch and wait for their results (in order).
@@ -104,21 +104,29 @@ class DynamicBatcher:
         return await future
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             jobs = await self._next_jobs()
             live = [job for job in jobs if not job.future.done()]
             self.stats.dropped += len(jobs) - len(live)
             for group in _groups(live):
-                await self._run_group(group)
+                if self._stopping:
+                    for job in group:
+                        job.future.cancel()
+                else:
+                    await self._run_group(group)
 
     async def _next_jobs(self) -> list[Job]:
-        """Wait for a job, then up to max_wait_s for more (or until the budget is full); take what fits."""
+        """Wait for a job, then up to max_wait_s for more (or until the budget is full); take what fits.
+
+        Returns no job once stopping."""
         while not self._waiting:
+            if self._stopping:
+                return []
             self._arrived.clear()
             await self._arrived.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        while sum(job.tokens for job in self._waiting) < self.max_tokens:
+        while sum(job.tokens for job in self._waiting) < self.max_tokens and not self._stopping:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

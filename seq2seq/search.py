@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -173,8 +174,13 @@ def coverage_penalty(attention: Tensor, beta: float) -> float:
 
 
 def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + length) / 6) ** alpha; scores are divided by it (alpha 0: none)."""
-    return ((5 + length) / 6) ** alpha
+    """GNMT length penalty ((5 + length) / 6) ** alpha; scores are divided by it (alpha 0: none).
+
+    An alpha too large for a float (1e4, say) gives infinity: every score divides to 0, a tie, not a crash."""
+    try:
+        return ((5 + length) / 6) ** alpha
+    except OverflowError:
+        return math.inf
 
 
 @torch.no_grad()

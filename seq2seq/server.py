@@ -43,7 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from seq2seq.batching import DynamicBatcher
-from seq2seq.config import ConfigError, DecodeConfig, ServeLimits, config_to_dict, decode_with
+from seq2seq.config import Config, ConfigError, DecodeConfig, ServeLimits, config_to_dict, decode_with
 from seq2seq.errors import UserError
 from seq2seq.runinfo import package_version
 from seq2seq.score import Scored
@@ -156,6 +156,20 @@ def request_decoding(request: DecodeOptions, base: DecodeConfig, limits: ServeLi
     return decode
 
 
+def check_defaults_within(decode: DecodeConfig, limits: ServeLimits) -> None:
+    """The server's own decoding options must be ones a request may ask for (else every request would fail)."""
+    for name, limit, flag in (
+        ("beam", limits.max_beam, "--max-beam"),
+        ("n_best", limits.max_beam, "--max-beam"),
+        ("max_output_ratio", limits.max_output_ratio, "--max-request-output-ratio"),
+    ):
+        if getattr(decode, name) > limit:
+            raise UserError(
+                f"the server's {name} {getattr(decode, name)} (its flag, else the checkpoint's decode.{name}) is "
+                f"more than {flag} {limit}: lower the one or raise the other"
+            )
+
+
 # --- responses -------------------------------------------------------------------------------------------
 
 
@@ -215,12 +229,17 @@ def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
         },
         "ensemble": {"checkpoints": len(checkpoints), "weights": loaded.ensemble.weights},
         "checkpoints": checkpoints,
-        "training": {"tokenizer": config_to_dict(config)["tokenizer"], "train": config_to_dict(config)["train"]},
+        "training": {"tokenizer": config_to_dict(config)["tokenizer"], "train": _training_settings(config)},
         "decode": dataclasses.asdict(translator.options),
         "limits": dataclasses.asdict(limits),
         "device": str(translator.device),
         "versions": {name: package_version(name) for name in SERVER_PACKAGES} | {"python": platform.python_version()},
     }
+
+
+def _training_settings(config: Config) -> dict[str, Any]:
+    """The config's train section without the paths of the machine it was trained on."""
+    return {key: value for key, value in config_to_dict(config)["train"].items() if key not in ("run_dir", "init_from")}
 
 
 SERVER_PACKAGES = ("seq2seq", "torch", "sentencepiece", "sacrebleu", "fastapi", "uvicorn", "pydantic")
@@ -233,6 +252,7 @@ def create_app(translator: Translator, limits: ServeLimits | None = None, api_ke
     """The ASGI app serving `translator`: the /v1 API, the web page and its files."""
     limits = limits or ServeLimits()
     limits.check()
+    check_defaults_within(translator.options, limits)
     base = translator.options
     rows = base.n_best if base.sample else max(base.beam, base.n_best)
     batch_tokens = max(1, base.batch_tokens // rows)  # the source pieces one decoding batch takes
@@ -251,7 +271,7 @@ def create_app(translator: Translator, limits: ServeLimits | None = None, api_ke
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(RequestBody, max_bytes=limits.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_api(translator, limits, api_key))
@@ -387,9 +407,10 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({exc}); the server is still running"}, status_code=500)
 
 
-class BodyLimit:
-    """ASGI middleware: reads the whole request body first, answering 413 past `max_bytes` (a leading UTF-8
-    byte order mark is dropped, which JSON parsers may do), then replays it to the app."""
+class RequestBody:
+    """ASGI middleware: reads the whole request body before the app sees it, and answers for the body itself:
+    413 past `max_bytes`, 415 when a body is not declared JSON (so that a web page elsewhere cannot post a
+    form to this server), 400 when it is not UTF-8. A leading byte order mark is dropped (JSON parsers may)."""
 
     def __init__(self, app: Any, max_bytes: int):
         self.app = app
@@ -399,9 +420,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
+        headers = dict(scope.get("headers", ()))
+        declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
+            await _refuse(send, 413, self._too_large())
             return
         chunks, size = [], 0
         while True:
@@ -411,11 +433,15 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
-                await self._too_large(send)
+                await _refuse(send, 413, self._too_large())
                 return
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks).removeprefix(b"\xef\xbb\xbf")
+        problem = _body_problem(body, headers.get(b"content-type", b"").decode("latin-1"))
+        if problem is not None:
+            await _refuse(send, *problem)
+            return
         replayed = False
 
         async def replay() -> dict[str, Any]:
@@ -427,12 +453,30 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Any) -> None:
-        detail = f"the body is larger than this server takes ({self.max_bytes} bytes; seq2seq serve --max-body-bytes)"
-        payload = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+    def _too_large(self) -> str:
+        return f"the body is larger than this server takes ({self.max_bytes} bytes; seq2seq serve --max-body-bytes)"
+
+
+def _body_problem(body: bytes, content_type: str) -> tuple[int, str] | None:
+    """(status, reason) for a body that is not JSON in UTF-8, else None."""
+    if not body:
+        return None
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        given = f"'{media}'" if media else "none"
+        return 415, f"send the body as JSON with the header Content-Type: application/json (got {given})"
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return 400, f"the body is not UTF-8 text (byte {exc.start + 1} cannot start or continue a character)"
+    return None
+
+
+async def _refuse(send: Any, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 # --- running it -------------------------------------------------------------------------------------------
