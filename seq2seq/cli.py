@@ -166,10 +166,24 @@ def _serve(args: argparse.Namespace) -> int:
         args.max_wait_ms,
     )
     limits.check()
-    api_key = args.api_key or os.environ.get("SEQ2SEQ_API_KEY") or None
+    api_key = _api_key(args.api_key, os.environ.get("SEQ2SEQ_API_KEY"))
     translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights)
     serve(translator, args.host, args.port, limits, api_key, access_log=not args.no_access_log)
     return 0
+
+
+def _api_key(flag_value: str | None, environment: str | None) -> str | None:
+    """The key from --api-key, else SEQ2SEQ_API_KEY, else None; an empty one (an unset shell variable, say)
+    would leave the server open when protection was asked for, so it is an error, as is whitespace."""
+    for name, value in (("--api-key", flag_value), ("SEQ2SEQ_API_KEY", environment)):
+        if value is None:
+            continue
+        if not value:
+            raise UserError(f"{name} is empty (an unset variable?): give a key, or leave it out to serve without one")
+        if any(character.isspace() for character in value):
+            raise UserError(f"{name} contains whitespace (a newline from a file?): a key is one word")
+        return value
+    return None
 
 
 def _average(args: argparse.Namespace) -> int:

@@ -311,7 +311,7 @@ def _api(translator: Translator, limits: ServeLimits, api_key: str | None) -> AP
     async def health(request: Request) -> dict[str, Any]:
         batcher: DynamicBatcher = request.app.state.batcher
         stats = dataclasses.asdict(batcher.stats)
-        uptime = asyncio.get_running_loop().time() - stats.pop("started")
+        uptime = round(time.monotonic() - stats.pop("started"), 3)
         return {"status": "ok", "queued": batcher.queued, "decoding": batcher.busy, "uptime_s": uptime} | stats
 
     @router.get("/model", summary="The model card")

@@ -76,6 +76,8 @@ def test_the_api_key_from_the_environment_protects_the_api(tmp_path: Path, toy_m
         (["--beam", "0"], "--beam"),
         (["--port", "99999"], "cannot listen on 127.0.0.1:99999"),
         (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid:8000"),
+        (["--api-key", ""], "--api-key is empty (an unset variable?)"),
+        (["--api-key", "two words"], "--api-key contains whitespace"),
     ],
 )
 def test_a_bad_command_line_is_one_line_and_status_2(toy_model, flags, expected):
@@ -106,3 +108,19 @@ def test_without_the_serve_extra_the_command_says_what_to_install(tmp_path: Path
     result = run_seq2seq("serve", str(toy_model["checkpoint"]), cwd=shadow)
     # find_spec finds the shadow, so the import is what fails: the message must still be one line
     assert "pip install -e '.[serve]'" in assert_subprocess_one_line_error(result)
+
+
+def test_the_key_comes_from_the_flag_else_the_environment_and_an_empty_one_is_refused():
+    from seq2seq.cli import _api_key
+    from seq2seq.errors import UserError
+
+    assert _api_key(None, None) is None
+    assert _api_key("from-flag", "from-environment") == "from-flag"
+    assert _api_key(None, "from-environment") == "from-environment"
+    for flag_value, environment, message in (
+        ("", None, "--api-key is empty"),
+        (None, "", "SEQ2SEQ_API_KEY is empty"),
+        (None, "key\n", "SEQ2SEQ_API_KEY contains whitespace"),
+    ):
+        with pytest.raises(UserError, match=message):
+            _api_key(flag_value, environment)
