@@ -136,6 +136,53 @@ def test_a_full_token_budget_stops_the_wait_early():
     assert work.items == [["a", "b"]]
 
 
+def test_right_after_a_batch_the_wait_stretches_until_its_clients_are_back():
+    """Closed-loop clients: 3 answered at once come back some milliseconds later, one by one; the next batch
+    waits (past max_wait_s, within wait_s) until all 3 are back and holds them together."""
+    work = Recorder(pause=0.2)  # each call takes 200 ms: wait_s is 15% of it, 30 ms
+
+    async def client(batcher: DynamicBatcher, name: str, delay: float) -> list[Any]:
+        first = await batcher.submit("translate", "A", [f"{name}1"], 1)
+        await asyncio.sleep(delay)  # the round trip back to the server
+        return first + await batcher.submit("translate", "A", [f"{name}2"], 1)
+
+    async def body():
+        batcher = DynamicBatcher(work, max_wait_s=0.001, max_tokens=1000)
+        batcher.start()
+        clients = [client(batcher, name, delay) for name, delay in (("a", 0.0), ("b", 0.008), ("c", 0.016))]
+        first = asyncio.ensure_future(asyncio.gather(*clients))
+        results = await first
+        waited = batcher.wait_s()
+        await batcher.stop()
+        return results, waited
+
+    results, waited = run(body)
+    assert waited == pytest.approx(0.03, abs=0.01)
+    assert work.items[-1] == ["a2", "b2", "c2"]  # one batch, not three
+    assert results == [
+        ["translate/A/a1", "translate/A/a2"],
+        ["translate/A/b1", "translate/A/b2"],
+        ["translate/A/c1", "translate/A/c2"],
+    ]
+
+
+def test_a_lone_client_is_not_kept_waiting_for_clients_that_do_not_exist():
+    work = Recorder()
+
+    async def body():
+        batcher = DynamicBatcher(work, max_wait_s=0.001, max_tokens=1000)
+        batcher.start()
+        await batcher.submit("translate", "A", ["a1"], 1)
+        batcher._last_batch_s = 10.0  # as if the last batch took 10 s: wait_s is at its most
+        started = time.monotonic()
+        await batcher.submit("translate", "A", ["a2"], 1)  # the one job expected is there at once
+        took = time.monotonic() - started
+        await batcher.stop()
+        return took
+
+    assert run(body) < 0.05  # not BUSY_WAIT_MAX_S (0.1 s)
+
+
 # --- the token budget -----------------------------------------------------------------------------------
 
 
