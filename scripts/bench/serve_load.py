@@ -9,9 +9,10 @@
    sentences/s and p50/p95/p99 latency, failed requests.
 3. Memory: 10,000 more requests from 32 clients; the server's resident memory (VmRSS) sampled every 500.
 
-Batch mode runs twice: with the checkpoint's decoding batches and with the server's (each gathered batch whole);
-the server is compared with the faster. Targets (issue 15): at 32 clients, throughput >= 70% of batch mode; no failed request; resident memory flat
-(within +-10% from the first sample after warm-up to the last). Writes docs/serving.json and docs/serving.md.
+Batch mode runs twice: with the checkpoint's decoding batches (what `seq2seq translate` does) and with the
+server's (each gathered batch whole); the server is compared with both. Targets (issue 15): at 32 clients,
+throughput >= 70% of batch mode; no failed request; resident memory flat (+-10%), from the first request and
+after a warm-up of the first tenth of the run. Writes docs/serving.json and docs/serving.md.
 """
 
 from __future__ import annotations
@@ -134,7 +135,10 @@ async def load(url: str, sentences: list[str], clients: int, requests: int, on_p
 
 
 def memory_run(server: Server, sentences: list[str], clients: int, requests: int, every: int) -> dict:
-    """`requests` requests from `clients` clients, sampling the server's resident memory every `every` requests."""
+    """`requests` requests from `clients` clients, sampling the server's resident memory every `every` requests.
+
+    The change is given twice: from the first request, and after a warm-up of the first tenth of the run (the
+    allocator grows to the largest batch's working set first; a leak would keep growing after)."""
     samples = [(0, round(server.resident_mib(), 1))]
 
     def sample(done: int) -> None:
@@ -142,14 +146,17 @@ def memory_run(server: Server, sentences: list[str], clients: int, requests: int
             samples.append((done, round(server.resident_mib(), 1)))
 
     result = asyncio.run(load(server.url, sentences, clients, requests, sample))
-    warm = [mib for done, mib in samples if done >= every]  # from the first sample after warm-up
-    change = (warm[-1] - warm[0]) / warm[0]
+    warm_up = requests // 10
+    warm = [mib for done, mib in samples if done >= warm_up]
     return result | {
         "rss_mib_samples": samples,
-        "rss_mib_first": warm[0],
+        "warm_up_requests": warm_up,
+        "rss_mib_start": samples[0][1],
+        "rss_mib_after_warm_up": warm[0],
         "rss_mib_last": warm[-1],
-        "rss_mib_max": max(warm),
-        "rss_change": round(change, 4),
+        "rss_mib_max": max(mib for _, mib in samples),
+        "rss_change_from_start": round((warm[-1] - samples[0][1]) / samples[0][1], 4),
+        "rss_change_after_warm_up": round((warm[-1] - warm[0]) / warm[0], 4),
     }
 
 
@@ -163,7 +170,7 @@ def measure(checkpoint: Path, sentences: list[str], levels: list[int], memory_re
         "batch_mode": batch_mode(checkpoint, sentences, beam),
         "batch_mode_whole_batches": batch_mode(checkpoint, sentences, beam, whole=True),
     }
-    fastest = max(results["batch_mode"]["sentences_per_s"], results["batch_mode_whole_batches"]["sentences_per_s"])
+    default, whole = (results[key]["sentences_per_s"] for key in ("batch_mode", "batch_mode_whole_batches"))
     log.info("Batch mode: %s", results)
     with tempfile.TemporaryDirectory() as scratch:
         server = Server(checkpoint, beam, Path(scratch) / "serve.log")
@@ -172,7 +179,8 @@ def measure(checkpoint: Path, sentences: list[str], levels: list[int], memory_re
             results["levels"] = []
             for clients in levels:
                 level = asyncio.run(load(server.url, sentences, clients, len(sentences)))
-                level["vs_batch_mode"] = round(level["sentences_per_s"] / fastest, 3)
+                level["vs_batch_mode"] = round(level["sentences_per_s"] / default, 3)
+                level["vs_batch_mode_whole_batches"] = round(level["sentences_per_s"] / whole, 3)
                 log.info("%d clients: %s", clients, {k: level[k] for k in ("sentences_per_s", "latency_ms", "failed")})
                 results["levels"].append(level)
             if memory_requests:
@@ -184,15 +192,22 @@ def measure(checkpoint: Path, sentences: list[str], levels: list[int], memory_re
             server.stop()
     top = results["levels"][-1]
     results["targets"] = {
-        f"throughput_at_{top['clients']}_clients_vs_batch_mode >= {TARGET_THROUGHPUT}": (
+        f"{top['clients']} clients >= {TARGET_THROUGHPUT}x seq2seq translate (the checkpoint's batches)": (
             top["vs_batch_mode"] >= TARGET_THROUGHPUT
         ),
-        "no_failed_request": all(level["failed"] == 0 for level in results["levels"])
+        f"{top['clients']} clients >= {TARGET_THROUGHPUT}x batch mode with the server's batches": (
+            top["vs_batch_mode_whole_batches"] >= TARGET_THROUGHPUT
+        ),
+        "no failed request": all(level["failed"] == 0 for level in results["levels"])
         and results.get("memory", {}).get("failed", 0) == 0,
     }
     if "memory" in results:
-        results["targets"][f"rss_change_within_{TARGET_MEMORY_CHANGE:.0%}"] = (
-            abs(results["memory"]["rss_change"]) <= TARGET_MEMORY_CHANGE
+        memory = results["memory"]
+        results["targets"][f"resident memory within +-{TARGET_MEMORY_CHANGE:.0%} after the warm-up"] = (
+            abs(memory["rss_change_after_warm_up"]) <= TARGET_MEMORY_CHANGE
+        )
+        results["targets"][f"resident memory within +-{TARGET_MEMORY_CHANGE:.0%} from the first request"] = (
+            abs(memory["rss_change_from_start"]) <= TARGET_MEMORY_CHANGE
         )
     return results
 
@@ -211,18 +226,22 @@ def markdown(results: dict) -> str:
         ),
         "",
         (
-            f"Batch mode (`seq2seq translate -i`): {batch['sentences_per_s']:.1f} sentences/s with the checkpoint's "
-            f"decoding batches, {whole['sentences_per_s']:.1f} with the server's (`--batch-tokens` x beam: the server "
-            "decodes each gathered batch whole); the server's figures are compared with the faster of the two."
+            f"Batch mode (`seq2seq translate -i`, the checkpoint's decoding batches): {batch['sentences_per_s']:.1f} "
+            f"sentences/s; with the server's decoding batches (`--batch-tokens` x beam: the server decodes each "
+            f"gathered batch whole): {whole['sentences_per_s']:.1f} sentences/s."
         ),
         "",
-        "| clients | sentences/s | vs batch mode | p50 ms | p95 ms | p99 ms | failed |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        (
+            "| clients | sentences/s | vs `seq2seq translate` | vs batch mode, server's batches | p50 ms | p95 ms | p99 ms "
+            "| failed |"
+        ),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for level in results["levels"]:
         latency = level["latency_ms"]
         lines.append(
             f"| {level['clients']} | {level['sentences_per_s']:.1f} | {level['vs_batch_mode']:.2f}x | "
+            f"{level['vs_batch_mode_whole_batches']:.2f}x | "
             f"{latency['p50']:.0f} | {latency['p95']:.0f} | {latency['p99']:.0f} | {level['failed']} |"
         )
     if "memory" in results:
@@ -230,11 +249,11 @@ def markdown(results: dict) -> str:
         lines += [
             "",
             (
-                f"Memory: {memory['requests']:,} requests from {memory['clients']} clients, {memory['failed']} failed; "
-                f"the server's resident memory {memory['rss_mib_first']:.0f} MiB after {memory['rss_mib_samples'][1][0]} "
-                "requests, "
-                f"{memory['rss_mib_last']:.0f} MiB at the end ({memory['rss_change']:+.1%}), "
-                f"at most {memory['rss_mib_max']:.0f} MiB."
+                f"Memory: {memory['requests']:,} requests from {memory['clients']} clients, {memory['failed']} "
+                f"failed. The server's resident memory: {memory['rss_mib_start']:.0f} MiB at the start, "
+                f"{memory['rss_mib_after_warm_up']:.0f} MiB after {memory['warm_up_requests']:,} requests (the "
+                f"warm-up), {memory['rss_mib_last']:.0f} MiB at the end: {memory['rss_change_after_warm_up']:+.1%} "
+                f"after the warm-up, {memory['rss_change_from_start']:+.1%} from the start."
             ),
         ]
     lines += ["", "| target | met |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in results["targets"].items()), ""]
