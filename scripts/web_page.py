@@ -127,7 +127,7 @@ def main() -> int:
     except UserError as exc:
         print(f"web_page.py: error: {exc}", file=sys.stderr)
         return 2
-    driver = open_browser(1200, 1020)
+    driver = open_browser(1200, 1480)  # the page, the heatmap and the model card
     try:
         with serving_in_thread(create_app(translator)) as url:
             shown = translate_on_page(driver, url + "/", args.sentence)

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"
 import decoding
 import experiments
 import finetune
+import serve_load
 import training_options
 import versus_joey
 
@@ -125,3 +126,29 @@ def test_the_committed_training_tables_are_the_scripts_rendering_of_the_committe
     results = json.loads((docs / f"{name}.json").read_text(encoding="utf-8"))
     assert (docs / f"{name}.md").read_text(encoding="utf-8") == script.markdown(results)
     assert len(results["commit"]) == 40 and results["dirty"] is False
+
+
+def test_the_committed_serving_table_and_the_readmes_figures_come_from_the_committed_json():
+    """docs/serving.md is serve_load.py's rendering of docs/serving.json, and the README quotes that JSON."""
+    root = Path(__file__).resolve().parent.parent
+    results = json.loads((root / "docs" / "serving.json").read_text(encoding="utf-8"))
+    assert (root / "docs" / "serving.md").read_text(encoding="utf-8") == serve_load.markdown(results)
+    assert len(results["commit"]) == 40 and results["dirty"] is False
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())  # line breaks as spaces
+    for level in results["levels"]:
+        latency = level["latency_ms"]
+        row = (
+            f"| {level['clients']} | {level['sentences_per_s']:.1f} | {level['vs_batch_mode']:.2f}x | "
+            f"{latency['p50']:.0f} ms | {latency['p99']:.0f} ms | {level['failed']} |"
+        )
+        assert row in readme, row
+    top, memory = results["levels"][-1], results["memory"]
+    for figure in (
+        f"at {results['batch_mode']['sentences_per_s']:.1f} sentences/s",
+        f"ran at {results['batch_mode_whole_batches']['sentences_per_s']:.1f} sentences/s",
+        f"reaches {top['vs_batch_mode_whole_batches']:.2f}x",
+        f"from {memory['rss_mib_start']:.0f} to {memory['rss_mib_last']:.0f} MiB ({memory['rss_change_from_start']:+.1%})",
+        f"commit `{results['commit'][:7]}`",
+        f"Over {memory['requests']:,} more requests",
+    ):
+        assert figure in readme, figure
