@@ -64,7 +64,7 @@ class PageResult:
     translations: list[str]  # the hypotheses' texts, best first
     source_pieces: list[str]  # the heatmap's column headers
     output_pieces: list[str]  # its row headers
-    cells_per_row: list[int]
+    weights: list[list[float]]  # each row's cells (the attention the page drew)
 
 
 def translate_on_page(
@@ -95,7 +95,10 @@ def translate_on_page(
         [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#hypotheses .text")],
         [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#heatmap th.src-piece")],
         [row.find_element(By.CSS_SELECTOR, "th.out-piece").text for row in rows],
-        [len(row.find_elements(By.CSS_SELECTOR, "td.cell")) for row in rows],
+        [
+            [float(cell.get_attribute("data-weight")) for cell in row.find_elements(By.CSS_SELECTOR, "td.cell")]
+            for row in rows
+        ],
     )
 
 

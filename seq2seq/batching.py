@@ -2,10 +2,11 @@
 
 Each request becomes a `Job` (its sentences, the decoding options, a future). The batcher waits
 for a first job, then keeps gathering for up to `max_wait_s` (longer right after a batch, until the
-clients just answered are back) or until the jobs hold `max_tokens` source pieces, and hands the jobs that share their options to one call of the work function,
-which runs in a single worker thread: the event loop stays free to answer other requests (health
-checks included) while a batch decodes, and only one batch uses the CPU at a time. Under load the
-next batch gathers while the current one decodes, so batches grow with the load.
+clients just answered are back) or until the jobs hold `max_tokens` source pieces, and hands the
+jobs that share their options to one call of the work function, which runs in a single worker
+thread: the event loop stays free to answer other requests (health checks included) while a batch
+decodes, and only one batch uses the CPU at a time. Under load the next batch gathers while the
+current one decodes, so batches grow with the load.
 
 A job whose client went away before its batch started is dropped; a batch that fails is retried
 job by job, so that one bad request fails alone.
@@ -71,6 +72,7 @@ class DynamicBatcher:
         self._stopping = False
         self._last_batch_s = 0.0
         self._last_batch_jobs = 0
+        self._last_batch_ended = float("-inf")
         self._waiting: deque[Job] = deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seq2seq-decode")
@@ -140,6 +142,8 @@ class DynamicBatcher:
             await self._arrived.wait()
         loop = asyncio.get_running_loop()
         started = loop.time()
+        if started - self._last_batch_ended > self.wait_s():
+            expected = 0  # nobody came back at once: the server was idle, there is no load to wait for
         short, long = started + self.max_wait_s, started + self.wait_s()
         while sum(job.tokens for job in self._waiting) < self.max_tokens and not self._stopping:
             deadline = long if len(self._waiting) < expected else short
@@ -167,6 +171,8 @@ class DynamicBatcher:
         try:
             results = await self._call(group)
         except Exception:
+            if len(group) > 1:
+                log.warning("a batch of %d %s requests failed: trying each alone", len(group), group[0].kind)
             if len(group) == 1:
                 log.exception("a %s request failed", group[0].kind)
                 _fail(group[0])
@@ -196,6 +202,7 @@ class DynamicBatcher:
         finally:
             self.busy = False
             self._last_batch_s = time.monotonic() - started
+            self._last_batch_ended = asyncio.get_running_loop().time()
         self.stats.batches += 1
         self.stats.items += len(items)
         return results

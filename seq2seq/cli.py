@@ -147,6 +147,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import dataclasses
     import os
 
     from seq2seq.config import ServeLimits
@@ -157,14 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError(f"seq2seq serve needs FastAPI and uvicorn ({exc}): pip install -e '.[serve]'") from None
     from seq2seq.translate import Translator
 
-    limits = ServeLimits(
-        args.max_sentences,
-        args.max_chars,
-        args.max_body_bytes,
-        args.max_beam,
-        args.max_request_output_ratio,
-        args.max_wait_ms,
-    )
+    limits = ServeLimits(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeLimits)})
     limits.check()
     api_key = _api_key(args.api_key, os.environ.get("SEQ2SEQ_API_KEY"))
     translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights)
@@ -305,6 +299,18 @@ def _add_score(commands: Any) -> None:
     score.set_defaults(func=_score)
 
 
+SERVE_LIMIT_HELP = {
+    "max_sentences": "sentences per request",
+    "max_chars": "characters per sentence",
+    "max_body_bytes": "bytes per request body",
+    "max_beam": "beam size and n-best a request may ask for",
+    "max_request_output_ratio": "the largest max_output_ratio a request may ask for",
+    "max_attention_matrices": "with attention: sentences x hypotheses per request",
+    "max_queued": "requests waiting for a batch; more get 503 and Retry-After",
+    "max_wait_ms": "how long the first request of a batch waits for others",
+}
+
+
 def _add_serve(commands: Any) -> None:
     from seq2seq.config import ServeLimits, flag
 
@@ -318,26 +324,9 @@ def _add_serve(commands: Any) -> None:
         help="protect the /v1 endpoints with this Bearer key (or set SEQ2SEQ_API_KEY, which ps does not show)",
     )
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
-    serve.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=limits.max_wait_ms,
-        help=f"how long a request waits for others to batch with (default {limits.max_wait_ms})",
-    )
-    for name, text in (
-        ("max_sentences", "sentences per request"),
-        ("max_chars", "characters per sentence"),
-        ("max_body_bytes", "bytes per request body"),
-        ("max_beam", "beam size and n-best a request may ask for"),
-    ):
+    for name, text in SERVE_LIMIT_HELP.items():
         default = getattr(limits, name)
-        serve.add_argument(flag(name), type=int, default=default, help=f"{text} (default {default})")
-    serve.add_argument(
-        "--max-request-output-ratio",
-        type=float,
-        default=limits.max_output_ratio,
-        help=f"the largest max_output_ratio a request may ask for (default {limits.max_output_ratio})",
-    )
+        serve.add_argument(flag(name), type=type(default), default=default, help=f"{text} (default {default})")
     _add_decode_arguments(serve, SEARCH_OPTIONS + ("n_best",) + SAMPLING_OPTIONS)
     serve.set_defaults(func=_serve)
 

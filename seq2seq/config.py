@@ -189,21 +189,23 @@ class Config:
 
 @dataclass
 class ServeLimits:
-    """What one request may ask for; beyond these the answer is 413 (sizes) or 422 (options), naming the limit."""
+    """What one request may ask of `seq2seq serve` (each a flag of the same name): beyond them the answer is
+    413 (sizes), 422 (options) or 503 (a full queue), naming the limit."""
 
     max_sentences: int = 64  # sentences (or pairs) per request
     max_chars: int = 2000  # characters per sentence
     max_body_bytes: int = 1_000_000  # the request body
     max_beam: int = 16  # beam and n_best
-    max_output_ratio: float = 4.0  # outputs up to this x source length + 5 pieces
+    max_request_output_ratio: float = 4.0  # the largest max_output_ratio a request may set
+    max_attention_matrices: int = 64  # with attention: sentences x hypotheses per request
+    max_queued: int = 256  # requests waiting for a batch; more are told to come back (503)
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
 
     def check(self) -> None:
         """Every limit must be a positive finite number (the wait may be 0)."""
         for name, value in dataclasses.asdict(self).items():
-            option = "--max-request-output-ratio" if name == "max_output_ratio" else flag(name)
             if not math.isfinite(value) or value < 0 or (value == 0 and name != "max_wait_ms"):
-                raise UserError(f"{option} must be a positive number, got {value!r}")
+                raise UserError(f"{flag(name)} must be a positive number, got {value!r}")
 
 
 # --- building dataclasses from plain dicts, with checks -------------------------------------

@@ -38,6 +38,7 @@ import torch
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -125,14 +126,28 @@ def request_sentences(value: str | list[str], field: str, limits: ServeLimits) -
             "per request (seq2seq serve --max-sentences)",
         )
     for number, line in enumerate(lines):
+        where = field if isinstance(value, str) else f"{field}[{number}]"
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800" escapes decode to lone surrogates, which are not text
+            code = ord(line[exc.start])
+            raise HTTPException(422, f"{where}: character {exc.start + 1} is a lone surrogate (U+{code:04X}), not text")
         if len(line) > limits.max_chars:
-            where = field if isinstance(value, str) else f"{field}[{number}]"
             raise HTTPException(
                 413,
                 f"{where}: {len(line)} characters; this server takes at most {limits.max_chars} "
                 "per sentence (seq2seq serve --max-chars)",
             )
     return lines
+
+
+def decoding_limits(limits: ServeLimits) -> list[tuple[str, float, str]]:
+    """(decoding option, its largest allowed value, the limit's flag)."""
+    return [
+        ("beam", limits.max_beam, "--max-beam"),
+        ("n_best", limits.max_beam, "--max-beam"),
+        ("max_output_ratio", limits.max_request_output_ratio, "--max-request-output-ratio"),
+    ]
 
 
 def request_decoding(request: DecodeOptions, base: DecodeConfig, limits: ServeLimits) -> DecodeConfig:
@@ -142,32 +157,33 @@ def request_decoding(request: DecodeOptions, base: DecodeConfig, limits: ServeLi
         decode = decode_with(base, given, warn_unused=False, name=lambda key: f"field '{key}'")
     except ConfigError as exc:
         raise HTTPException(422, str(exc)) from None
-    for name, limit in (("beam", limits.max_beam), ("n_best", limits.max_beam)):
+    for name, limit, flag in decoding_limits(limits):
         if getattr(decode, name) > limit:
             raise HTTPException(
-                422, f"field '{name}': {getattr(decode, name)} is more than this server allows ({limit}; --max-beam)"
+                422, f"field '{name}': {getattr(decode, name)} is more than this server allows ({limit}; {flag})"
             )
-    if decode.max_output_ratio > limits.max_output_ratio:
-        raise HTTPException(
-            422,
-            f"field 'max_output_ratio': {decode.max_output_ratio} is more than this server allows "
-            f"({limits.max_output_ratio}; --max-request-output-ratio)",
-        )
     return decode
 
 
 def check_defaults_within(decode: DecodeConfig, limits: ServeLimits) -> None:
     """The server's own decoding options must be ones a request may ask for (else every request would fail)."""
-    for name, limit, flag in (
-        ("beam", limits.max_beam, "--max-beam"),
-        ("n_best", limits.max_beam, "--max-beam"),
-        ("max_output_ratio", limits.max_output_ratio, "--max-request-output-ratio"),
-    ):
+    for name, limit, flag in decoding_limits(limits):
         if getattr(decode, name) > limit:
             raise UserError(
                 f"the server's {name} {getattr(decode, name)} (its flag, else the checkpoint's decode.{name}) is "
                 f"more than {flag} {limit}: lower the one or raise the other"
             )
+
+
+def check_attention_size(lines: list[str], decode: DecodeConfig, limits: ServeLimits) -> None:
+    """With attention, sentences x hypotheses within --max-attention-matrices (each matrix can be 250 x 380)."""
+    matrices = len(lines) * decode.n_best
+    if matrices > limits.max_attention_matrices:
+        raise HTTPException(
+            413,
+            f"attention for {len(lines)} sentences x {decode.n_best} hypotheses is {matrices} matrices; this server "
+            f"gives at most {limits.max_attention_matrices} per request (seq2seq serve --max-attention-matrices)",
+        )
 
 
 # --- responses -------------------------------------------------------------------------------------------
@@ -189,7 +205,7 @@ def translation_json(translation: Translation, attention: bool) -> dict[str, Any
             "pieces": candidate.pieces,
         }
         if attention:
-            hypothesis["attention"] = [[round(w, 4) for w in row] for row in candidate.attention.tolist()]
+            hypothesis["attention"] = candidate.attention.float().numpy().round(4).tolist()
         hypotheses.append(hypothesis)
     return {"source": translation.source, "source_pieces": translation.source_pieces, "hypotheses": hypotheses}
 
@@ -209,7 +225,9 @@ def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
     config, tokenizer, loaded = translator.config, translator.tokenizer, translator.loaded
     checkpoints = []
     for path, member in zip(loaded.paths, loaded.members):
-        run = {key: value for key, value in member.run.items() if key != "host"}
+        run = {key: value for key, value in member.run.items() if key in RUN_FIELDS}
+        if isinstance(member.run.get("init_from"), dict):  # fine-tuned: from which checkpoint, without its path
+            run["init_from"] = {k: v for k, v in member.run["init_from"].items() if k != "path"}
         checkpoints.append(
             {"name": path.name, "step": member.step, "best_bleu": member.best_bleu, "run": run}
             | ({"averaged_from": len(member.averaged_from)} if member.averaged_from else {})
@@ -242,16 +260,28 @@ def _training_settings(config: Config) -> dict[str, Any]:
     return {key: value for key, value in config_to_dict(config)["train"].items() if key not in ("run_dir", "init_from")}
 
 
+# What /v1/model shows of a checkpoint's run record: nothing that names a path or a machine (command lines do).
+RUN_FIELDS = ("versions", "train_data_sha256", "saved_at", "processes")
 SERVER_PACKAGES = ("seq2seq", "torch", "sentencepiece", "sacrebleu", "fastapi", "uvicorn", "pydantic")
 
 
 # --- the app ----------------------------------------------------------------------------------------------
 
 
-def create_app(translator: Translator, limits: ServeLimits | None = None, api_key: str | None = None) -> FastAPI:
-    """The ASGI app serving `translator`: the /v1 API, the web page and its files."""
+def create_app(
+    translator: Translator,
+    limits: ServeLimits | None = None,
+    api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+) -> FastAPI:
+    """The ASGI app serving `translator`: the /v1 API, the web page and its files.
+
+    allowed_hosts: the Host headers to answer (None: any); a server on the loopback names its own, so that
+    a web page elsewhere cannot reach it under a name of its own pointed at 127.0.0.1 (DNS rebinding)."""
     limits = limits or ServeLimits()
     limits.check()
+    if api_key is not None and not api_key.strip():
+        raise UserError("the API key is empty: give a key, or None to serve without one")
     check_defaults_within(translator.options, limits)
     # A gathered batch holds up to decode.batch_tokens source pieces: the decoding sorts them by length and cuts
     # them into batches of batch_tokens / beam padded pieces, so similar lengths decode together.
@@ -272,6 +302,8 @@ def create_app(translator: Translator, limits: ServeLimits | None = None, api_ke
         lifespan=lifespan,
     )
     app.add_middleware(RequestBody, max_bytes=limits.max_body_bytes)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_api(translator, limits, api_key))
@@ -283,14 +315,27 @@ def create_app(translator: Translator, limits: ServeLimits | None = None, api_ke
 
 def _api(translator: Translator, limits: ServeLimits, api_key: str | None) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(_key_check(api_key))] if api_key else [])
-    tokenizer = translator.tokenizer
+    card = model_card(translator, limits)
+
+    async def _queued(request: Request, kind: str, options: Any, items: list[Any], sources: list[str]) -> list[Any]:
+        """Queue the items for a batch (503 when the queue is full) and wait for them while the client is there."""
+        batcher: DynamicBatcher = request.app.state.batcher
+        if batcher.queued >= limits.max_queued:
+            raise HTTPException(
+                503,
+                f"{batcher.queued} requests are waiting, the most this server queues (--max-queued): try again soon",
+                {"Retry-After": "1"},
+            )
+        tokens = sum(len(ids) + 1 for ids in translator.tokenizer.encode_src(sources))
+        return await _while_connected(request, batcher.submit(kind, options, items, tokens))
 
     @router.post("/translate", summary="Translate one sentence or a list")
     async def translate(body: TranslateRequest, request: Request) -> dict[str, Any]:
         lines = request_sentences(body.text, "text", limits)
         decode = request_decoding(body, translator.options, limits)
-        tokens = sum(len(ids) + 1 for ids in tokenizer.encode_src(lines))
-        found = await _while_connected(request, request.app.state.batcher.submit("translate", decode, lines, tokens))
+        if body.attention:
+            check_attention_size(lines, decode, limits)
+        found = await _queued(request, "translate", decode, lines, lines)
         return {
             "translations": [translation_json(t, body.attention) for t in found],
             "decode": dataclasses.asdict(decode),
@@ -302,9 +347,7 @@ def _api(translator: Translator, limits: ServeLimits, api_key: str | None) -> AP
         targets = request_sentences(body.target, "target", limits)
         if len(sources) != len(targets):
             raise HTTPException(422, f"{len(sources)} sources but {len(targets)} targets: give one target per source")
-        tokens = sum(len(ids) + 1 for ids in tokenizer.encode_src(sources))
-        pairs = list(zip(sources, targets))
-        found = await _while_connected(request, request.app.state.batcher.submit("score", None, pairs, tokens))
+        found = await _queued(request, "score", None, list(zip(sources, targets)), sources)
         return {"scores": [score_json(s, body.per_piece) for s in found]}
 
     @router.get("/health", summary="Alive, and how busy")
@@ -318,7 +361,6 @@ def _api(translator: Translator, limits: ServeLimits, api_key: str | None) -> AP
     async def model() -> dict[str, Any]:
         return card
 
-    card = model_card(translator, limits)
     return router
 
 
@@ -350,10 +392,11 @@ async def _while_connected(request: Request, work: Awaitable[list[Any]]) -> list
     watcher = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # also when this handler is cancelled (shutdown): the job must not stay queued
         watcher.cancel()
-    if not task.done():
-        task.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
         raise HTTPException(499, "the client closed the connection")  # nobody reads this
     return task.result()
 
@@ -364,11 +407,11 @@ async def _client_gone(request: Request) -> None:
 
 
 def _key_check(api_key: str) -> Callable[[Request], None]:
-    expected = f"Bearer {api_key}".encode()
+    expected = api_key.encode()
 
     def check(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not secrets.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
             raise HTTPException(401, "give the server's key: Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"})
 
     return check
@@ -413,8 +456,8 @@ UNION_TAG = re.compile(r"str|int|float|bool|list\[.*\]")
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
-    return JSONResponse({"detail": f"internal error ({exc}); the server is still running"}, status_code=500)
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error (see the server's log); the server is still running"}, 500)
 
 
 class RequestBody:
@@ -525,8 +568,10 @@ def serve(
     api_key: str | None = None,
     access_log: bool = True,
 ) -> None:
-    """Serve `translator` until Ctrl-C (returns) or SIGTERM (ends the process once requests in flight finish)."""
-    app = create_app(translator, limits, api_key)
+    """Serve `translator` until Ctrl-C (returns) or SIGTERM (ends the process): uvicorn stops taking requests and
+    waits up to 5 s for those in flight; then the batch in the worker thread, if any, finishes."""
+    allowed = ["127.0.0.1", "localhost", "[::1]", "::1"] if is_local(host) else None
+    app = create_app(translator, limits, api_key, allowed)
     listener = bind(host, port)
     if not is_local(host):
         log.warning(

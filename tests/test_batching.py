@@ -183,6 +183,26 @@ def test_a_lone_client_is_not_kept_waiting_for_clients_that_do_not_exist():
     assert run(body) < 0.05  # not BUSY_WAIT_MAX_S (0.1 s)
 
 
+def test_a_request_long_after_a_burst_does_not_wait_for_the_bursts_clients():
+    """After a batch of 3, a request that comes when the server has long been idle goes at max_wait_s, not after
+    the stretched wait for 3 returning clients."""
+    work = Recorder()
+
+    async def body():
+        batcher = DynamicBatcher(work, max_wait_s=0.001, max_tokens=1000)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit("translate", "A", [name], 1) for name in ("a", "b", "c")))
+        batcher._last_batch_s = 10.0  # as if that batch took 10 s: wait_s is at its most (0.1 s)
+        await asyncio.sleep(0.15)  # idle for longer than wait_s
+        started = time.monotonic()
+        await batcher.submit("translate", "A", ["late"], 1)
+        took = time.monotonic() - started
+        await batcher.stop()
+        return took
+
+    assert run(body) < 0.05
+
+
 # --- the token budget -----------------------------------------------------------------------------------
 
 

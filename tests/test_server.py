@@ -31,7 +31,7 @@ JSON = {"Content-Type": "application/json"}
 V1 = ("/v1/translate", "/v1/score", "/v1/health", "/v1/model")
 WEB_FILES = ("index.html", "docs.html", "app.js", "docs.js", "style.css")
 # small limits, for the 413s and the --max-beam 422s
-SMALL = ServeLimits(max_sentences=3, max_chars=40, max_body_bytes=500, max_beam=5, max_output_ratio=2.0)
+SMALL = ServeLimits(max_sentences=3, max_chars=40, max_body_bytes=500, max_beam=5, max_request_output_ratio=2.0)
 
 
 # --- servers and helpers ---------------------------------------------------------------------------------
@@ -215,6 +215,30 @@ def test_decoding_options_are_applied(server, translator, corpus):
     assert server.translate(text=lines[0])["decode"]["beam"] == translator.options.beam  # not remembered
 
 
+@pytest.mark.parametrize(
+    ("body", "where"), [(b'{"text": "uno \\ud800"}', "text"), (b'{"text": ["uno", "\\udfff"]}', "text[1]")]
+)
+def test_a_lone_surrogate_is_a_422_naming_the_sentence(server, body, where):
+    response = server.client.post("/v1/translate", content=body, headers=JSON)
+    assert detail(response, 422).startswith(f"{where}: character ")
+    assert "is a lone surrogate" in response.json()["detail"]
+    scored = server.client.post("/v1/score", content=b'{"source": "uno", "target": "\\ud800"}', headers=JSON)
+    assert detail(scored, 422) == "target: character 1 is a lone surrogate (U+D800), not text"
+
+
+def test_attention_for_too_many_matrices_is_a_413_naming_the_limit(translator):
+    with serving(translator, ServeLimits(max_attention_matrices=6)) as running:
+        ok = running.client.post("/v1/translate", json={"text": ["uno", "dos"], "n_best": 3, "attention": True})
+        assert ok.status_code == 200 and len(ok.json()["translations"][1]["hypotheses"][2]["attention"]) > 0
+        refused = running.client.post("/v1/translate", json={"text": ["uno", "dos"], "n_best": 4, "attention": True})
+        assert detail(refused, 413) == (
+            "attention for 2 sentences x 4 hypotheses is 8 matrices; this server gives at most 6 per request "
+            "(seq2seq serve --max-attention-matrices)"
+        )
+        without = running.client.post("/v1/translate", json={"text": ["uno", "dos"], "n_best": 4})
+        assert without.status_code == 200  # the limit is on attention only
+
+
 def test_nul_bytes_and_a_byte_order_mark_inside_the_text_translate(server, translator):
     lines = ["uno\x00dos tres", "\ufeffcuatro gato", "perro\ufeff\x00"]
     translations = server.translate(text=lines)["translations"]
@@ -305,7 +329,10 @@ def test_model_card(server, translator, toy_model):
     assert card["decode"] == dataclasses.asdict(translator.options)
     assert card["limits"] == dataclasses.asdict(ServeLimits())
     assert "run_dir" not in card["training"]["train"] and "init_from" not in card["training"]["train"]
-    assert str(toy_model["run_dir"]) not in json.dumps(card["training"])  # no path of the training machine
+    assert set(checkpoint["run"]) <= {"versions", "train_data_sha256", "saved_at", "processes"}  # no command line
+    text = json.dumps(card)
+    for path in (toy_model["run_dir"], toy_model["run_dir"].parent, toy_model["src"]):
+        assert str(path) not in text, path  # no path of the training machine anywhere
 
 
 def test_an_ensemble_is_served_as_the_translator_decodes_it(toy_model, corpus):
@@ -419,7 +446,10 @@ def test_options_beyond_the_servers_limits_are_a_422_naming_the_flag(server, sma
 
 @pytest.mark.parametrize(
     ("limits", "flag"),
-    [(ServeLimits(max_beam=4), "--max-beam 4"), (ServeLimits(max_output_ratio=1.0), "--max-request-output-ratio 1.0")],
+    [
+        (ServeLimits(max_beam=4), "--max-beam 4"),
+        (ServeLimits(max_request_output_ratio=1.0), "--max-request-output-ratio 1.0"),
+    ],
 )
 def test_a_server_whose_own_options_exceed_its_limits_does_not_start(translator, limits, flag):
     """`seq2seq serve --max-beam 4` over a checkpoint that decodes with beam 5 would answer every request that
@@ -532,6 +562,27 @@ def test_the_api_key_guards_every_v1_endpoint(keyed, method, path, body):
 def test_the_page_and_its_files_need_no_key(keyed):
     for path in ("/", "/static/app.js", "/static/style.css", "/docs", "/openapi.json"):
         assert keyed.client.get(path).status_code == 200, path
+
+
+def test_the_scheme_is_case_insensitive_and_an_empty_key_is_refused(keyed, translator):
+    from seq2seq.errors import UserError
+
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        assert keyed.client.get("/v1/health", headers={"Authorization": f"{scheme} {KEY}"}).status_code == 200
+    with pytest.raises(UserError, match="the API key is empty"):
+        create_app(translator, api_key=" ")
+
+
+def test_a_local_server_answers_only_to_its_own_names(translator):
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 sends Host: evil.example."""
+    app = create_app(translator, allowed_hosts=["127.0.0.1", "localhost"])
+    with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/health").status_code == 200
+        assert client.get("/v1/health", headers={"Host": "localhost:8000"}).status_code == 200
+        for path in ("/v1/health", "/", "/static/app.js"):
+            assert client.get(path, headers={"Host": "evil.example"}).status_code == 400, path
+        refused = client.post("/v1/translate", json={"text": "uno"}, headers={"Host": "evil.example:8000"})
+        assert refused.status_code == 400
 
 
 def test_no_key_configured_means_none_needed(server):
@@ -711,6 +762,32 @@ def test_a_client_that_went_away_before_its_batch_is_dropped(translator):
         assert gated.calls == [["uno dos"], ["gato perro"]]
 
 
+def test_a_full_queue_is_a_503_with_retry_after(translator):
+    gated = Gated(translator)
+    with serving(gated, ServeLimits(max_queued=1)) as running:
+        answers: dict[str, httpx.Response] = {}
+
+        def post(name: str) -> None:
+            with httpx.Client(base_url=running.url, timeout=120) as client:
+                answers[name] = client.post("/v1/translate", json={"text": name})
+
+        threads = [threading.Thread(target=post, args=(name,)) for name in ("uno", "dos")]
+        threads[0].start()
+        wait_until(lambda: running.health()["decoding"], "the first request holds the worker")
+        threads[1].start()
+        wait_until(lambda: running.health()["queued"] == 1, "the second request waits")
+        try:
+            refused = running.client.post("/v1/translate", json={"text": "tres"})
+            assert detail(refused, 503).startswith("1 requests are waiting, the most this server queues")
+            assert refused.headers["retry-after"] == "1"
+        finally:
+            gated.gate.set()
+            for thread in threads:
+                thread.join(120)
+        assert answers["uno"].status_code == answers["dos"].status_code == 200
+        assert running.client.post("/v1/translate", json={"text": "tres"}).status_code == 200  # room again
+
+
 def test_clients_that_close_the_connection_leave_the_server_working(translator, corpus):
     big = json.dumps({"text": [toy_sentence(300, seed=i)[:1900] for i in range(64)]}).encode()
     assert len(big) > 100_000
@@ -750,7 +827,8 @@ def random_value(rng: random.Random) -> Any:
             lambda: rng.choice([0.0, 1e-9, 1e9, -0.0, 0.5]),
             lambda: rng.choice([True, False]),
             lambda: None,
-            lambda: rng.choice(["", "5", "uno dos", "fp32", "bf16", "\x00", "\ufeff"]),
+            lambda: rng.choice(["", "5", "uno dos", "fp32", "bf16", "\x00", "\ufeff", "\ud800", "uno \udfff"]),
+            lambda: "".join(chr(rng.randint(0, 0x10FFFF)) for _ in range(rng.randint(1, 8))),  # any code point
             lambda: [rng.choice(["uno", "", 3, None])],
             lambda: {"beam": 2},
         ]

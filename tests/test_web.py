@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -50,7 +51,9 @@ def test_the_page_translates_and_draws_one_row_per_output_piece_and_one_column_p
     assert shown.translations[0] == corpus[1][3]  # the toy model learnt its dev set
     assert shown.source_pieces == expected.source_pieces
     assert shown.output_pieces == expected.best.pieces
-    assert shown.cells_per_row == [len(expected.source_pieces)] * len(expected.best.pieces)
+    assert [len(row) for row in shown.weights] == [len(expected.source_pieces)] * len(expected.best.pieces)
+    drawn = torch.tensor(shown.weights)  # what the cells carry: the API's matrix (rounded to 4 places)
+    torch.testing.assert_close(drawn, expected.best.attention.float(), atol=1e-4, rtol=0)
 
 
 def test_hovering_a_cell_names_its_pieces_and_highlights_its_row_and_column(browser, page_url, corpus):

@@ -58,6 +58,7 @@ async function translate(event) {
     showAttention(lastTranslation, 0);
     $("output").hidden = false;
   } catch (error) {
+    $("output").hidden = true; // not the last sentence's translation under this one
     showError(error.message);
   } finally {
     $("translate").disabled = false;
@@ -70,6 +71,7 @@ function showHypotheses(translation) {
   translation.hypotheses.forEach((hypothesis, index) => {
     const item = document.createElement("li");
     item.className = "hypothesis" + (index === 0 ? " chosen" : "");
+    item.tabIndex = 0; // chosen with the keyboard too (Enter or Space)
     const text = document.createElement("span");
     text.className = "text";
     text.textContent = hypothesis.text || "(empty)";
@@ -77,10 +79,17 @@ function showHypotheses(translation) {
     score.className = "score";
     score.textContent = "score " + formatNumber(hypothesis.score) + ", log p " + formatNumber(hypothesis.log_prob);
     item.append(text, score);
-    item.addEventListener("click", () => {
+    const choose = () => {
       document.querySelectorAll(".hypothesis").forEach((other) => other.classList.remove("chosen"));
       item.classList.add("chosen");
       showAttention(translation, index);
+    };
+    item.addEventListener("click", choose);
+    item.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        choose();
+      }
     });
     list.append(item);
   });
@@ -117,7 +126,9 @@ function showAttention(translation, index) {
       cell.dataset.weight = weight;
       cell.style.backgroundColor = "rgba(37, 99, 235, " + Math.min(1, weight).toFixed(3) + ")";
       cell.title = piece + " <- " + translation.source_pieces[column] + ": " + weight.toFixed(3);
+      cell.tabIndex = -1;
       cell.addEventListener("mouseenter", () => highlight(table, line, column, cell.title));
+      cell.addEventListener("focus", () => highlight(table, line, column, cell.title));
     });
   });
 }
@@ -146,9 +157,9 @@ async function showModelCard() {
       ["parameters", card.parameters.toLocaleString("en")],
       ["vocabulary", card.vocabulary.model_type + " SentencePiece, " + card.vocabulary.source_size +
         (card.vocabulary.joint ? " pieces (joint)" : " / " + card.vocabulary.target_size + " pieces")],
-      ["checkpoints", card.checkpoints.map((c) => c.name + " (step " + c.step + ", dev BLEU " + c.best_bleu + ")")
-        .join(", ")],
-      ["trained with", (checkpoint.run && checkpoint.run.command) || "n/a"],
+      ["checkpoints", card.checkpoints.map((c) => c.name + " (step " + (c.step ?? "n/a") + ", dev BLEU " +
+        (c.best_bleu ?? "n/a") + ")").join(", ")],
+      ["saved", (checkpoint.run && checkpoint.run.saved_at) || "n/a"],
       ["decoding", "beam " + card.decode.beam + ", alpha " + card.decode.alpha + ", n-best " + card.decode.n_best],
       ["versions", Object.entries(card.versions).map(([name, version]) => name + " " + version).join(", ")],
     ];
@@ -162,6 +173,8 @@ async function showModelCard() {
       list.append(term, detail);
     }
     $("beam").max = $("n-best").max = card.limits.max_beam;
+    $("beam").value = card.decode.beam; // the server's own decoding, within its limits
+    $("n-best").value = Math.min(3, card.limits.max_beam);
     $("source").maxLength = card.limits.max_chars;
   } catch (error) {
     showError("model card: " + error.message);
@@ -172,6 +185,9 @@ $("translate-form").addEventListener("submit", translate);
 $("heatmap").addEventListener("mouseleave", () => highlight($("heatmap"), null, null, "\u00a0"));
 $("api-key").addEventListener("change", showModelCard);
 $("source").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey) $("translate-form").requestSubmit();
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault(); // Enter translates; Shift+Enter is a new line
+    $("translate-form").requestSubmit();
+  }
 });
 showModelCard();

@@ -33,17 +33,24 @@ function fieldsTable(spec, schema) {
   return table;
 }
 
-function example(method, path, schema) {
+function example(method, path) {
   const origin = window.location.origin;
-  if (method === "get") return "curl " + origin + path;
+  const key = " -H 'Authorization: Bearer KEY'"; // only with --api-key; harmless otherwise
+  if (method === "get") return "curl " + origin + path + key;
   const body = path.endsWith("/translate") ? { text: "Y dijo Dios: Sea la luz.", beam: 5 } :
     { source: "Y dijo Dios: Sea la luz.", target: "And God said, Let there be light." };
-  return "curl -X POST " + origin + path + " -H 'Content-Type: application/json' -d '" + JSON.stringify(body) + "'";
+  return "curl -X POST " + origin + path + key + " -H 'Content-Type: application/json' -d '" +
+    JSON.stringify(body) + "'";
 }
 
 async function showEndpoints() {
-  const spec = await (await fetch("/openapi.json")).json();
   const section = document.getElementById("endpoints");
+  const response = await fetch("/openapi.json");
+  if (!response.ok) {
+    section.textContent = "/openapi.json answered " + response.status + ": the API description is not available.";
+    return;
+  }
+  const spec = await response.json();
   for (const [path, methods] of Object.entries(spec.paths)) {
     for (const [method, operation] of Object.entries(methods)) {
       const block = element("div", undefined, "endpoint");
