@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import ipaddress
 import json
@@ -378,12 +379,31 @@ def _work(translator: Translator) -> Callable[[str, Any, list[Any]], list[Any]]:
     """The batcher's work function: translate or score a batch (in the worker thread)."""
 
     def work(kind: str, options: Any, items: list[Any]) -> list[Any]:
-        with torch.inference_mode():
-            if kind == "translate":
-                return translator.translate(items, decode=whole_batches(options))
-            return translator.score([source for source, _ in items], [target for _, target in items])
+        try:
+            with torch.inference_mode():
+                if kind == "translate":
+                    return translator.translate(items, decode=whole_batches(options))
+                return translator.score([source for source, _ in items], [target for _, target in items])
+        finally:
+            release_free_memory()
 
     return work
+
+
+def _malloc_trim() -> Callable[[], Any]:
+    """glibc's malloc_trim(0), or a no-op where there is no glibc."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+# After each batch, the memory its tensors freed goes back to the system: glibc otherwise keeps some of it,
+# differently after each batch, so that a long-running server's resident memory wanders by +-20% (measured:
+# scripts/bench/serve_load.py) though it holds nothing more. Trimming took 2-5 ms after a batch of 32 sentences
+# (which decodes in about 700 ms) on the 2-core machine.
+release_free_memory = _malloc_trim()
 
 
 async def _while_connected(request: Request, work: Awaitable[list[Any]]) -> list[Any]:

@@ -147,7 +147,8 @@ def test_the_committed_serving_table_and_the_readmes_figures_come_from_the_commi
         f"at {results['batch_mode']['sentences_per_s']:.1f} sentences/s",
         f"ran at {results['batch_mode_whole_batches']['sentences_per_s']:.1f} sentences/s",
         f"reaches {top['vs_batch_mode_whole_batches']:.2f}x",
-        f"from {memory['rss_mib_start']:.0f} to {memory['rss_mib_last']:.0f} MiB ({memory['rss_change_from_start']:+.1%})",
+        f"stayed within {memory['rss_kept_largest_change']:+.1%} of the {memory['rss_mib_after_warm_up']:.0f} MiB",
+        f"within {memory['rss_in_flight_largest_change']:+.1%} with a batch in flight",
         f"commit `{results['commit'][:7]}`",
         f"Over {memory['requests']:,} more requests",
     ):
