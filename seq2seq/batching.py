@@ -63,8 +63,17 @@ class BatcherStats:
 class DynamicBatcher:
     """Gathers concurrent jobs into batches and runs them, one batch at a time, in a worker thread."""
 
-    def __init__(self, work: Work, max_wait_s: float = 0.005, max_tokens: int = 4000):
+    def __init__(
+        self,
+        work: Work,
+        max_wait_s: float = 0.005,
+        max_tokens: int = 4000,
+        on_idle: Callable[[], Any] | None = None,
+        idle_s: float = 1.0,
+    ):
         self.work = work
+        self.on_idle = on_idle  # called in the worker thread once the queue has been empty for idle_s
+        self.idle_s = idle_s
         self.max_wait_s = max_wait_s
         self.max_tokens = max_tokens
         self.stats = BatcherStats()
@@ -135,11 +144,9 @@ class DynamicBatcher:
         answered are back (under load they send again at once), so that they join the jobs that queued
         meanwhile instead of making a small batch of their own. Returns no job once stopping."""
         expected = len(self._waiting) + self._last_batch_jobs
-        while not self._waiting:
-            if self._stopping:
-                return []
-            self._arrived.clear()
-            await self._arrived.wait()
+        await self._first_job()
+        if not self._waiting:  # stopping
+            return []
         loop = asyncio.get_running_loop()
         started = loop.time()
         if started - self._last_batch_ended > self.wait_s():
@@ -165,6 +172,18 @@ class DynamicBatcher:
             tokens += self._waiting[0].tokens
             taken.append(self._waiting.popleft())
         return taken
+
+    async def _first_job(self) -> None:
+        """Wait until a job waits (or stopping); after idle_s without one, call on_idle once, in the worker thread."""
+        on_idle = self.on_idle
+        while not self._waiting and not self._stopping:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), None if on_idle is None else self.idle_s)
+            except asyncio.TimeoutError:
+                if on_idle is not None:
+                    await asyncio.get_running_loop().run_in_executor(self._executor, on_idle)
+                on_idle = None
 
     async def _run_group(self, group: list[Job]) -> None:
         """Work on the group in the worker thread; on an error, on each job alone so only the bad one fails."""

@@ -290,7 +290,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = DynamicBatcher(_work(translator), limits.max_wait_ms / 1000, gather_tokens)
+        app.state.batcher = DynamicBatcher(
+            _work(translator), limits.max_wait_ms / 1000, gather_tokens, on_idle=release_free_memory
+        )
         app.state.batcher.start()
         yield
         await app.state.batcher.stop()
@@ -379,13 +381,10 @@ def _work(translator: Translator) -> Callable[[str, Any, list[Any]], list[Any]]:
     """The batcher's work function: translate or score a batch (in the worker thread)."""
 
     def work(kind: str, options: Any, items: list[Any]) -> list[Any]:
-        try:
-            with torch.inference_mode():
-                if kind == "translate":
-                    return translator.translate(items, decode=whole_batches(options))
-                return translator.score([source for source, _ in items], [target for _, target in items])
-        finally:
-            release_free_memory()
+        with torch.inference_mode():
+            if kind == "translate":
+                return translator.translate(items, decode=whole_batches(options))
+            return translator.score([source for source, _ in items], [target for _, target in items])
 
     return work
 
@@ -399,10 +398,10 @@ def _malloc_trim() -> Callable[[], Any]:
     return lambda: trim(0)
 
 
-# After each batch, the memory its tensors freed goes back to the system: glibc otherwise keeps some of it,
-# differently after each batch, so that a long-running server's resident memory wanders by +-20% (measured:
-# scripts/bench/serve_load.py) though it holds nothing more. Trimming took 2-5 ms after a batch of 32 sentences
-# (which decodes in about 700 ms) on the 2-core machine.
+# Once the server has been idle for a second, the memory its batches freed goes back to the system: glibc
+# otherwise keeps some of it, differently after each batch, so that the resident memory of a server between
+# bursts wandered 388-529 MiB (scripts/bench/serve_load.py) though it held nothing more. Not after every batch:
+# under load that cost 5-15% of the throughput (the next batch faults its pages in again).
 release_free_memory = _malloc_trim()
 
 

@@ -523,3 +523,27 @@ def test_one_batch_at_a_time():
     results, stats = run(body)
     assert results == [[i] for i in range(12)]
     assert most == 1 and stats.batches >= 6
+
+
+def test_on_idle_runs_once_in_the_worker_after_idle_s_without_a_job_and_not_under_load():
+    work = Recorder()
+    idle_threads: list[int] = []
+
+    async def body():
+        batcher = DynamicBatcher(
+            work, max_wait_s=0.001, on_idle=lambda: idle_threads.append(threading.get_ident()), idle_s=0.1
+        )
+        batcher.start()
+        for name in ("a", "b", "c"):  # back to back: never idle for 0.1 s
+            await batcher.submit("translate", "A", [name], 1)
+        busy = len(idle_threads)
+        await asyncio.sleep(0.35)  # idle: on_idle once, not once per 0.1 s
+        idle_once = len(idle_threads)
+        await batcher.submit("translate", "A", ["d"], 1)
+        await asyncio.sleep(0.25)  # idle again after a job: once more
+        await batcher.stop()
+        return busy, idle_once, len(idle_threads)
+
+    busy, idle_once, after = run(body)
+    assert (busy, idle_once, after) == (0, 1, 2)
+    assert set(idle_threads) == set(work.threads)  # the worker thread, where the work runs

@@ -36,6 +36,7 @@ from seq2seq.data import file_digest
 
 TARGET_THROUGHPUT = 0.7
 TARGET_MEMORY_CHANGE = 0.1
+IDLE_S = 1.5  # a pause between memory rounds: longer than the server's idle time before it trims (1 s)
 SERVING_LINE = re.compile(r"serving \S+ -> \S+ at (http://[^/\s]+)/")
 
 
@@ -137,7 +138,7 @@ async def load(url: str, sentences: list[str], clients: int, requests: int, on_p
 
 def memory_run(server: Server, sentences: list[str], clients: int, requests: int, rounds: int = 20) -> dict:
     """`requests` requests from `clients` clients in `rounds` rounds, the server's resident memory read between
-    rounds (when no request is in flight: what it keeps) and halfway through each (with a batch in flight).
+    rounds (after IDLE_S without a request: what it keeps) and halfway through each (with a batch in flight).
 
     The first round is the warm-up: the first requests allocate torch's and the allocator's working memory
     once. A leak would make the memory kept between rounds grow after it."""
@@ -155,6 +156,7 @@ def memory_run(server: Server, sentences: list[str], clients: int, requests: int
         offset = (number * per_round) % len(sentences)
         result = asyncio.run(load(server.url, sentences[offset:] + sentences[:offset], clients, per_round, sample))
         failed, seconds = failed + result["failed"], seconds + result["seconds"]
+        time.sleep(IDLE_S)  # the server gives back what its batches freed after 1 s without a request
         kept.append(((number + 1) * per_round, round(server.resident_mib(), 1)))
     after_warm_up = kept[0][1]
     return {
