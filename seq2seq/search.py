@@ -313,7 +313,7 @@ def decode_lines(
         limit = options.max_src_length - 1
         encoded = [_truncated(ids, limit, number) for number, ids in enumerate(encoded, start=1)]
     results: list[list[Hypothesis]] = [[Hypothesis([], 0.0, torch.zeros(1, 0))] for _ in lines]
-    rows_per_line = options.n_best if options.sample else max(options.beam, options.n_best)
+    rows_per_line = rows_per_sentence(options)
     order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
     widths = [len(ids) + 1 for ids in encoded]
     for batch in length_batches(order, widths, max(1, options.batch_tokens // rows_per_line)):
@@ -329,6 +329,11 @@ def decode_lines(
     if progress is not None:
         progress.update(len(lines) - len(order))  # the empty lines
     return results
+
+
+def rows_per_sentence(options: DecodeConfig) -> int:
+    """How many rows of a decoding batch one sentence takes: its samples, or its beam (at least n_best wide)."""
+    return options.n_best if options.sample else max(options.beam, options.n_best)
 
 
 def _search(

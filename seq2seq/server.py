@@ -45,10 +45,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from seq2seq.batching import DynamicBatcher
-from seq2seq.config import Config, ConfigError, DecodeConfig, ServeLimits, config_to_dict, decode_with
+from seq2seq.config import ConfigError, DecodeConfig, ServeLimits, config_to_dict, decode_with
 from seq2seq.errors import UserError
 from seq2seq.runinfo import package_version
 from seq2seq.score import Scored
+from seq2seq.search import rows_per_sentence
 from seq2seq.translate import Translation, Translator
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ def score_json(scored: Scored | None, per_piece: bool) -> dict[str, Any] | None:
 def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
     """What GET /v1/model says: what the model translates, how it is built, how it was trained, what serves it."""
     config, tokenizer, loaded = translator.config, translator.tokenizer, translator.loaded
+    settings = config_to_dict(config)  # plain values; the train section loses the training machine's paths below
     checkpoints = []
     for path, member in zip(loaded.paths, loaded.members):
         run = {key: value for key, value in member.run.items() if key in RUN_FIELDS}
@@ -237,8 +239,8 @@ def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
     return {
         "name": config.name,
         "languages": {"source": config.data.src_lang, "target": config.data.tgt_lang},
-        "attention": config_to_dict(config)["model"]["attention"],
-        "model": config_to_dict(config)["model"],
+        "attention": settings["model"]["attention"],
+        "model": settings["model"],
         "parameters": parameters,
         "vocabulary": {
             "source_size": tokenizer.src_vocab_size,
@@ -248,17 +250,15 @@ def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
         },
         "ensemble": {"checkpoints": len(checkpoints), "weights": loaded.ensemble.weights},
         "checkpoints": checkpoints,
-        "training": {"tokenizer": config_to_dict(config)["tokenizer"], "train": _training_settings(config)},
+        "training": {
+            "tokenizer": settings["tokenizer"],
+            "train": {key: value for key, value in settings["train"].items() if key not in ("run_dir", "init_from")},
+        },
         "decode": dataclasses.asdict(translator.options),
         "limits": dataclasses.asdict(limits),
         "device": str(translator.device),
         "versions": {name: package_version(name) for name in SERVER_PACKAGES} | {"python": platform.python_version()},
     }
-
-
-def _training_settings(config: Config) -> dict[str, Any]:
-    """The config's train section without the paths of the machine it was trained on."""
-    return {key: value for key, value in config_to_dict(config)["train"].items() if key not in ("run_dir", "init_from")}
 
 
 # What /v1/model shows of a checkpoint's run record: nothing that names a path or a machine (command lines do).
@@ -373,8 +373,7 @@ def whole_batches(decode: DecodeConfig) -> DecodeConfig:
     A gathered batch (at most batch_tokens source pieces) then decodes in one or two passes instead of
     being cut into batches of batch_tokens / beam pieces: one pass over 30 sentences costs less than three
     over 10 (the search's work per step is mostly fixed). Memory grows by the beam size at most."""
-    rows = decode.n_best if decode.sample else max(decode.beam, decode.n_best)
-    return dataclasses.replace(decode, batch_tokens=decode.batch_tokens * rows)
+    return dataclasses.replace(decode, batch_tokens=decode.batch_tokens * rows_per_sentence(decode))
 
 
 def _work(translator: Translator) -> Callable[[str, Any, list[Any]], list[Any]]:
