@@ -15,7 +15,6 @@ import json
 import logging
 import multiprocessing
 import random
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from seq2seq.cache import cached_entry
 from seq2seq.errors import UserError
 from seq2seq.subwords import SubwordSampler
 from seq2seq.textfiles import iter_lines
@@ -32,7 +32,7 @@ from seq2seq.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: entries carry a manifest (seq2seq/cache.py)
 CHUNK_LINES = 20_000  # pairs encoded per task
 
 
@@ -236,24 +236,19 @@ def load_training_corpus(
     """
     model_digest = hashlib.sha256(tokenizer.src_model + tokenizer.tgt_model).hexdigest()
     key = hashlib.sha256(repr((digests, model_digest, max_src, max_tgt, CACHE_VERSION)).encode()).hexdigest()[:20]
-    directory = cache_dir / f"corpus-{key}"
-    stats_file = directory / "stats.json"
-    if stats_file.is_file():
-        log.info("Encoded training corpus reused from cache: %s", directory)
-        return EncodedCorpus.load(directory), json.loads(stats_file.read_text())
-    temporary = cache_dir / f"corpus-{key}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    writer = CorpusWriter(temporary)
-    stats = {"pairs": 0, "kept": 0, "skipped_empty": 0, "skipped_too_long": 0}
-    tasks = ((src, tgt, max_src, max_tgt) for src, tgt in parallel_chunks(*paths))
-    for chunk, chunk_stats in encode_chunks(tasks, tokenizer, workers):
-        writer.append(chunk)
-        for name in stats:
-            stats[name] += chunk_stats[name]
-    writer.close(stats)
-    shutil.rmtree(directory, ignore_errors=True)
-    temporary.rename(directory)  # the cache entry appears whole or not at all
-    return EncodedCorpus.load(directory), stats
+
+    def build(directory: Path) -> None:
+        writer = CorpusWriter(directory)
+        stats = {"pairs": 0, "kept": 0, "skipped_empty": 0, "skipped_too_long": 0}
+        tasks = ((src, tgt, max_src, max_tgt) for src, tgt in parallel_chunks(*paths))
+        for chunk, chunk_stats in encode_chunks(tasks, tokenizer, workers):
+            writer.append(chunk)
+            for name in stats:
+                stats[name] += chunk_stats[name]
+        writer.close(stats)
+
+    entry = cached_entry(cache_dir, f"corpus-{key}", build, "encoded training corpus")
+    return EncodedCorpus.load(entry), json.loads((entry / "stats.json").read_text())
 
 
 def encode_chunks(tasks, tokenizer: Tokenizer, workers: int) -> Iterator[tuple[EncodedCorpus, dict]]:

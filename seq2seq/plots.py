@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
+from seq2seq.writing import write_error
+
 
 def plot_training_curves(progress: list[dict], metrics: list[dict], path: Path, title: str) -> Path:
     """Write `path` (PNG): losses and dev BLEU against updates and against minutes.
@@ -39,9 +41,14 @@ def plot_training_curves(progress: list[dict], metrics: list[dict], path: Path, 
     figure.tight_layout()
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
-    plt.close(figure)
-    temporary.replace(path)
+    try:
+        figure.savefig(temporary, dpi=90)
+        temporary.replace(path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise write_error(path, exc, "the previous curves are kept") from None
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -7,21 +7,31 @@
     step-NNNNNNN.pt  the latest validations       spm.*.model      the SentencePiece model(s)
     test.hyp         compare's test translations     tensorboard/     TensorBoard event files
 
-`RunDir` also does the checks on starting or resuming a run there, the JSON-lines records
-(append, read, truncate after a crash) and attaching the run's log file.
+`RunDir` also does the checks on starting or resuming a run there, the lock that keeps a second
+run out (`.lock`, holding the writer's pid), the JSON-lines records (append, read, truncate after a
+crash) and attaching the run's log file. Every write fails as one clear line and leaves the file
+whole (seq2seq/writing.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seq2seq.config import Config, config_from_dict, config_to_dict, save_config
+import yaml
+
+from seq2seq.config import Config, config_from_dict, config_to_dict
 from seq2seq.errors import UserError
+from seq2seq.locks import LockBusy, describe_owner, exclusive
 from seq2seq.tokenizer import Tokenizer
+from seq2seq.writing import append_line, make_directory, write_error, write_text_atomically
+
+log = logging.getLogger(__name__)
 
 STEP_CHECKPOINTS = "step-*.pt"
 RUN_LIMITS = ("max_steps", "max_epochs", "max_time", "tensorboard")  # train keys that may change on resuming
@@ -43,6 +53,7 @@ class RunDir:
         self.best = self.path / "best.pt"
         self.test_hypotheses = self.path / "test.hyp"  # written by `seq2seq compare`
         self.tensorboard = self.path / "tensorboard"
+        self.lock_file = self.path / ".lock"
 
     def __str__(self) -> str:
         return str(self.path)
@@ -65,6 +76,35 @@ class RunDir:
         return found[-count:]
 
     # --- starting and resuming ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Be the one writer of this directory while the block runs (created if needed).
+
+        A run holding it already makes this one clear line naming its pid; a lock left by a process that
+        died is taken over with a warning. A directory created here for a run that then failed its checks
+        is removed again.
+        """
+        created = not self.path.exists()
+        make_directory(self.path, "train.run_dir")
+        try:
+            with exclusive(self.lock_file, wait=False) as previous:
+                if previous:
+                    log.warning(
+                        "Took over %s from %s, which ended without releasing it",
+                        self.lock_file,
+                        describe_owner(previous),
+                    )
+                yield
+        except LockBusy as busy:
+            raise UserError(
+                f"{self.path} is in use by another training run ({busy}): wait for it to finish or stop it, "
+                "or choose another train.run_dir"
+            ) from None
+        finally:
+            if created and [p.name for p in self.path.iterdir()] == [self.lock_file.name]:
+                self.lock_file.unlink()
+                self.path.rmdir()
 
     def check_can_start(self, resume: bool, force: bool) -> None:
         """A new run must not overwrite one unless forced; a resumed one needs last.pt."""
@@ -97,25 +137,31 @@ class RunDir:
 
     def prepare(self, config: Config, resume: bool) -> None:
         """Create the directory, drop a previous run's records (unless resuming) and write the config."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_directory(self.path, "train.run_dir")
         if not resume:
             for stale in (self.metrics, self.progress):
                 stale.unlink(missing_ok=True)
             shutil.rmtree(self.tensorboard, ignore_errors=True)
-        save_config(config, self.config)
+        write_text_atomically(self.config, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
     def save_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Write the SentencePiece model(s): spm.joint.model, or spm.src.model and spm.tgt.model."""
         state = tokenizer.state_dict()
         if tokenizer.joint:
-            (self.path / "spm.joint.model").write_bytes(state["src_model"])
+            files = {"spm.joint.model": state["src_model"]}
         else:
-            (self.path / "spm.src.model").write_bytes(state["src_model"])
-            (self.path / "spm.tgt.model").write_bytes(state["tgt_model"])
+            files = {"spm.src.model": state["src_model"], "spm.tgt.model": state["tgt_model"]}
+        for name, model in files.items():
+            path = self.path / name
+            try:
+                path.write_bytes(model)
+            except OSError as exc:
+                path.unlink(missing_ok=True)
+                raise write_error(path, exc, "nothing was trained yet") from None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """summary.json: how the run ended."""
-        self.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomically(self.summary, json.dumps(summary, indent=2) + "\n")
 
     # --- records ----------------------------------------------------------------------------------
 
@@ -124,7 +170,7 @@ class RunDir:
         for path in (self.metrics, self.progress):
             if path.is_file():
                 kept = [record for record in read_records(path) if record.get("step", 0) <= last_step]
-                path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+                write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def attach_log(self) -> logging.Handler:
         """Copy the package's INFO log into train.log (also when no CLI set logging up)."""
@@ -146,9 +192,8 @@ def detach_log(handler: logging.Handler | None) -> None:
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    """Append one JSON line (whole, or not at all: a UserError)."""
+    append_line(path, json.dumps(record))
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from seq2seq.cache import cached_entry
 from seq2seq.config import TokenizerConfig
 from seq2seq.errors import UserError
 from seq2seq.textfiles import sample_lines
@@ -182,16 +183,10 @@ def _cache_key(digests: Sequence[str], config: TokenizerConfig, seed: int) -> st
 
 
 def _cached_model(cache_dir: Path, key: str, lines_source, config: TokenizerConfig, seed: int, names: str) -> bytes:
-    path = cache_dir / f"spm-{key}.model"
-    if path.is_file():
-        log.info("SentencePiece model reused from cache: %s", path)
-        return path.read_bytes()
-    model = train_sentencepiece(lines_source(), config, seed, names)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(model)
-    temporary.replace(path)
-    return model
+    def build(directory: Path) -> None:
+        (directory / "spm.model").write_bytes(train_sentencepiece(lines_source(), config, seed, names))
+
+    return (cached_entry(cache_dir, f"spm-{key}", build, "SentencePiece model") / "spm.model").read_bytes()
 
 
 def _model_for(

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -432,19 +433,34 @@ def prepared_run(
     run_dir = RunDir(config.train.run_dir)
     log_handler = None
     try:
-        run_dir.check_can_start(resume, force)
-        if config.train.tensorboard:
-            summary_writer_class()  # a missing package is reported before the run directory is touched
-        resumed = _read_resume_point(run_dir, config, force) if resume else None
-        if group.is_main:
-            run_dir.prepare(config, resume)
-            log_handler = run_dir.attach_log()
-        trainer = _build_trainer(config, group, device, run_dir, resumed, argv if argv is not None else sys.argv)
-        del resumed  # restored into the model and optimizer: not kept for the whole run
-        yield trainer
+        with run_dir.locked() if group.is_main else contextlib.nullcontext():  # one writer per run directory
+            restarted = not resume and _restarted_by_torchrun(run_dir)
+            resume = resume or restarted
+            run_dir.check_can_start(resume, force)
+            if config.train.tensorboard:
+                summary_writer_class()  # a missing package is reported before the run directory is touched
+            resumed = _read_resume_point(run_dir, config, force) if resume else None
+            if group.is_main:
+                run_dir.prepare(config, resume)
+                log_handler = run_dir.attach_log()
+                if restarted:
+                    log.warning("torchrun restarted the training processes: resuming from %s", run_dir.last)
+            trainer = _build_trainer(config, group, device, run_dir, resumed, argv if argv is not None else sys.argv)
+            del resumed  # restored into the model and optimizer: not kept for the whole run
+            yield trainer
     finally:
         detach_log(log_handler)  # a failed set-up leaves no log handler behind
         shutdown(group)
+
+
+def _restarted_by_torchrun(run_dir: RunDir) -> bool:
+    """True when torchrun restarted the workers (`--max-restarts`) and the run has a resume point.
+
+    The restarted group runs the same command line, without --resume: it continues from last.pt by
+    itself, which gives the weights of an uninterrupted run.
+    """
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return restarts.isdigit() and int(restarts) > 0 and run_dir.last.is_file()
 
 
 def _read_resume_point(run_dir: RunDir, config: Config, force: bool) -> TrainingCheckpoint:
