@@ -49,8 +49,22 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=_attempt_store(), rank=rank, world_size=world_size)
     return ProcessGroup(world_size, rank, local_rank), device
+
+
+def _attempt_store() -> dist.Store:
+    """The launcher's key-value store, under a prefix of its own for each torchrun attempt.
+
+    After `torchrun --max-restarts` restarts the workers, they meet in the store the first attempt
+    used, where the dead workers' addresses are still written: without a fresh prefix, gloo connects
+    to an address that refuses ("Gloo connectFullMesh failed ... Connection refused") and the
+    restart fails as well.
+    """
+    store, _, _ = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"seq2seq/attempt-{attempt}", store)
 
 
 def barrier(group: ProcessGroup) -> None:

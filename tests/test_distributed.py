@@ -6,8 +6,11 @@ import json
 import os
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import torch
 from helpers import make_toy_config, write_toy_corpus, write_yaml
 
 from seq2seq.config import config_from_dict
+from seq2seq.rundir import read_records
 from seq2seq.train import train
 
 pytestmark = pytest.mark.slow  # each test launches torchrun: two training processes
@@ -56,6 +60,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert ddp_losses == pytest.approx(single_losses, rel=1e-2)
 
 
+STANDALONE = ("--standalone", "--nproc_per_node", "2")  # one launch of two processes
+
+
 def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
     """Launch two training processes; a failed launch is never retried, it fails with its diagnosis.
 
@@ -67,31 +74,47 @@ def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
     """
     write_yaml(config_file, config)
     folder = config_file.parent / f"launch-{config_file.stem}{'-resume' if '--resume' in extra else ''}"
+    process = start_torchrun(folder, STANDALONE, config_file, *extra)
+    finish_torchrun(process, folder, Path(config["train"]["run_dir"]))
+
+
+def start_torchrun(folder: Path, launcher: tuple[str, ...], config_file: Path, *extra: str) -> subprocess.Popen:
+    """`torchrun LAUNCHER -m seq2seq train CONFIG EXTRA` in the background; its output goes to files in `folder`."""
     folder.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher]
     command += ["-m", "seq2seq", "train", str(config_file), *extra]
-    finished = subprocess.run(
-        command,
-        env=env,
-        cwd=folder,  # core files land here (core_pattern "core")
-        preexec_fn=_allow_core_dumps,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert finished.returncode == 0, launch_diagnosis(finished, Path(config["train"]["run_dir"]), folder)
+    with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=folder,  # core files land here (core_pattern "core")
+            preexec_fn=_allow_core_dumps,  # noqa: PLW1509 (only sets a resource limit before exec)
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+
+
+def finish_torchrun(process: subprocess.Popen, folder: Path, run_dir: Path, timeout: float = 300) -> None:
+    """Wait for a launch; a failure (or a hang) reports everything it left."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, launch_diagnosis(process.returncode, run_dir, folder)
 
 
 def _allow_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
-def launch_diagnosis(finished: subprocess.CompletedProcess, run_dir: Path, folder: Path) -> str:
+def launch_diagnosis(status: int, run_dir: Path, folder: Path) -> str:
     """Everything a failed launch left: exit status, output (with faulthandler's stacks), log, C++ backtraces."""
-    parts = [f"torchrun exited with {finished.returncode}", "--- stdout ---", finished.stdout, "--- stderr ---"]
-    parts.append(finished.stderr)
+    parts = [f"torchrun exited with {status}"]
+    for name in ("stdout", "stderr"):
+        parts += [f"--- {name} ---", (folder / name).read_text(encoding="utf-8", errors="replace")]
     log = run_dir / "train.log"
     parts += ["--- train.log ---", log.read_text(encoding="utf-8") if log.is_file() else "(none)"]
     for core in sorted(folder.glob("core*")):
@@ -121,3 +144,99 @@ def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path: Pa
     assert again["training_state"]["step"] == 6 and again["training_state"]["world_size"] == 2
     for name, tensor in whole["model"].items():
         assert torch.equal(again["model"][name], tensor), name
+
+
+# --- faults at scale: a worker killed under elastic restarts, two nodes ---------------------------------
+
+FAULT_STEPS, FAULT_VALIDATE_EVERY = 40, 8
+
+
+def fault_config(tmp_path: Path, run: str) -> dict:
+    config = two_process_config(tmp_path, run)
+    config["model"]["dropout"] = 0.3  # each process's dropout RNG must come back too
+    config["train"].update(max_steps=FAULT_STEPS, validate_every=FAULT_VALIDATE_EVERY, log_every=1)
+    return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """One launch of two processes that nothing interrupts: the weights the faulted runs must end with."""
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    config = fault_config(directory, "whole")
+    run_torchrun(config, directory / "whole.yaml")
+    return torch.load(directory / "whole" / "last.pt", weights_only=True)
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """The training processes a torchrun started, by rank (read from /proc)."""
+    pids = []
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        pids += [int(pid) for pid in (task / "children").read_text().split()]
+    ranks = {}
+    for pid in pids:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        rank = [item.split(b"=", 1)[1] for item in environ if item.startswith(b"RANK=")]
+        if rank:
+            ranks[int(rank[0])] = pid
+    return ranks
+
+
+def test_a_worker_killed_under_max_restarts_resumes_by_itself_to_the_uninterrupted_weights(
+    tmp_path: Path, uninterrupted: dict
+):
+    config = fault_config(tmp_path, "elastic")
+    run_dir = tmp_path / "elastic"
+    config_file = Path(write_yaml(tmp_path / "elastic.yaml", config))
+    folder = tmp_path / "launch-elastic"
+    launcher = (*STANDALONE, "--max-restarts", "1")
+    process = start_torchrun(folder, launcher, config_file)  # the same command for both attempts: no --resume
+    killed_at = None
+    deadline = time.monotonic() + 240
+    try:
+        while killed_at is None:
+            assert process.poll() is None, launch_diagnosis(process.returncode, run_dir, folder)
+            assert time.monotonic() < deadline, launch_diagnosis(-1, run_dir, folder)
+            steps = [record["step"] for record in read_records(run_dir / "progress.jsonl")]
+            if (run_dir / "last.pt").is_file() and steps and steps[-1] > FAULT_VALIDATE_EVERY:
+                victim = worker_pids(process.pid)[1]
+                os.kill(victim, signal.SIGKILL)
+                killed_at = steps[-1]
+            time.sleep(0.01)
+    finally:
+        if killed_at is None:
+            process.kill()
+    finish_torchrun(process, folder, run_dir)
+
+    assert FAULT_VALIDATE_EVERY < killed_at < FAULT_STEPS  # killed mid-run, with updates past last.pt lost
+    log = (run_dir / "train.log").read_text()
+    assert f"torchrun restarted the training processes: resuming from {run_dir / 'last.pt'}" in log
+    assert "Resumed " in log
+    final = torch.load(run_dir / "last.pt", weights_only=True)
+    assert final["step"] == FAULT_STEPS
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
+    steps = [record["step"] for record in read_records(run_dir / "progress.jsonl")]
+    assert steps == list(range(1, FAULT_STEPS + 1))  # the lost updates' records were dropped, then redone
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_with_c10d_rendezvous_end_with_the_weights_of_one_launch_of_two_processes(
+    tmp_path: Path, uninterrupted: dict
+):
+    config = fault_config(tmp_path, "nodes")
+    config_file = Path(write_yaml(tmp_path / "nodes.yaml", config))
+    endpoint = f"127.0.0.1:{free_port()}"
+    launcher = ("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint)
+    launcher += ("--rdzv-id", "two-nodes")
+    nodes = [(tmp_path / f"node-{n}", start_torchrun(tmp_path / f"node-{n}", launcher, config_file)) for n in (0, 1)]
+    for folder, process in nodes:
+        finish_torchrun(process, folder, tmp_path / "nodes")
+    final = torch.load(tmp_path / "nodes" / "last.pt", weights_only=True)
+    assert final["step"] == FAULT_STEPS and final["run"]["processes"] == 2
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
