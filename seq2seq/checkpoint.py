@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch import Tensor
@@ -42,20 +42,45 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
+    writer = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
-            torch.save(payload, handle)
+            writer = _WriteErrors(handle)
+            torch.save(payload, cast(IO[bytes], writer))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (disk full) as RuntimeError
+    except (OSError, RuntimeError) as exc:  # torch.save turns a failed write into a vague RuntimeError
         try:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
-        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        cause = writer.error if writer is not None and writer.error is not None else exc
+        reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0]
         raise UserError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is kept") from None
+
+
+class _WriteErrors:
+    """A file handle for torch.save that keeps the OSError of a failed write (a full disk), which torch
+    would only report as "enforce fail at inline_container.cc ... unexpected pos"."""
+
+    def __init__(self, handle: Any):
+        self.handle, self.name = handle, handle.name
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def fileno(self) -> int:
+        return self.handle.fileno()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

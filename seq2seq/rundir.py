@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ class RunDir:
 
     def attach_log(self) -> logging.Handler:
         """Copy the package's INFO log into train.log (also when no CLI set logging up)."""
-        handler = logging.FileHandler(self.log, encoding="utf-8")
+        handler = RunLogHandler(self.log, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.setLevel(logging.INFO)
         package = logging.getLogger("seq2seq")
@@ -184,11 +185,22 @@ class RunDir:
         return handler
 
 
+class RunLogHandler(logging.FileHandler):
+    """train.log, where a failed write (a full disk) stops the run with one clear line, not logging's traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            raise write_error(Path(self.baseFilename), error, "the log so far is kept") from None
+        super().handleError(record)
+
+
 def detach_log(handler: logging.Handler | None) -> None:
     """Undo `RunDir.attach_log`."""
     if handler is not None:
         logging.getLogger("seq2seq").removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # a full disk: the failed write was reported, its line is lost
+            handler.close()
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

@@ -127,3 +127,33 @@ def test_the_run_log_receives_the_package_log_until_detached(tmp_path: Path):
     logging.getLogger("seq2seq.test").info("second line")
     text = run_dir.log.read_text()
     assert "first line" in text and "second line" not in text
+
+
+# --- a full disk: /dev/full answers every write with "No space left on device" ---------------------------
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_record_that_cannot_be_written_is_one_line_and_the_records_file_keeps_its_lines(tmp_path: Path):
+    from seq2seq.writing import append_line
+
+    records = tmp_path / "metrics.jsonl"
+    append_record(records, {"step": 1})
+    append_line(records, '{"step": 2}')
+    full = tmp_path / "full.jsonl"
+    full.symlink_to("/dev/full")
+    with pytest.raises(UserError, match=r"^could not write .*full.jsonl: No space left on device; its earlier"):
+        append_record(full, {"step": 3})
+    assert [record["step"] for record in read_records(records)] == [1, 2]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_log_line_that_cannot_be_written_stops_with_one_line_instead_of_loggings_traceback(tmp_path: Path):
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    run_dir.log.symlink_to("/dev/full")
+    handler = run_dir.attach_log()
+    try:
+        with pytest.raises(UserError, match=r"^could not write .*train.log: No space left on device; the log so far"):
+            logging.getLogger("seq2seq.train").info("a line for a full disk")
+    finally:
+        detach_log(handler)
