@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from seq2seq.config import Config, DecodeConfig, decode_with
 from seq2seq.data import read_parallel, read_parallel_files
-from seq2seq.device import resolve_device
+from seq2seq.device import check_precision, resolve_device
 from seq2seq.ensemble import load_ensemble
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
@@ -56,6 +56,7 @@ def evaluate(
     torch_device = resolve_device(device)
     loaded = load_ensemble(checkpoints, torch_device, weights)
     options = dataclasses.replace(decode_with(loaded.config.decode, decode), n_best=1)  # only the best is scored
+    check_precision(torch_device, options.precision, "--precision")
     src_lines, ref_lines, name = test_files(loaded.config, split, src, ref)
     if not src_lines:
         raise UserError(f"the test set '{name}' is empty: give files with at least one line")

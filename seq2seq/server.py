@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from seq2seq.batching import DynamicBatcher
 from seq2seq.config import ConfigError, DecodeConfig, ServeLimits, config_to_dict, decode_with
+from seq2seq.device import check_precision
 from seq2seq.errors import UserError
 from seq2seq.runinfo import package_version
 from seq2seq.score import Scored
@@ -152,12 +153,15 @@ def decoding_limits(limits: ServeLimits) -> list[tuple[str, float, str]]:
     ]
 
 
-def request_decoding(request: DecodeOptions, base: DecodeConfig, limits: ServeLimits) -> DecodeConfig:
+def request_decoding(
+    request: DecodeOptions, base: DecodeConfig, limits: ServeLimits, device: torch.device | str = "cpu"
+) -> DecodeConfig:
     """The server's decoding options with the request's applied, checked as the command line checks them."""
     given = {name: getattr(request, name) for name in DECODE_FIELDS if getattr(request, name) is not None}
     try:
         decode = decode_with(base, given, warn_unused=False, name=lambda key: f"field '{key}'")
-    except ConfigError as exc:
+        check_precision(device, decode.precision, "field 'precision'")
+    except (ConfigError, UserError) as exc:
         raise HTTPException(422, str(exc)) from None
     for name, limit, flag in decoding_limits(limits):
         if getattr(decode, name) > limit:
@@ -335,7 +339,7 @@ def _api(translator: Translator, limits: ServeLimits, api_key: str | None) -> AP
     @router.post("/translate", summary="Translate one sentence or a list")
     async def translate(body: TranslateRequest, request: Request) -> dict[str, Any]:
         lines = request_sentences(body.text, "text", limits)
-        decode = request_decoding(body, translator.options, limits)
+        decode = request_decoding(body, translator.options, limits, translator.device)
         if body.attention:
             check_attention_size(lines, decode, limits)
         found = await _queued(request, "translate", decode, lines, lines)

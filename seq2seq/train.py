@@ -36,7 +36,7 @@ from seq2seq.checkpoint import (
 )
 from seq2seq.config import Config, config_to_dict, parse_duration
 from seq2seq.data import Batch, collate
-from seq2seq.device import autocast
+from seq2seq.device import autocast, check_precision
 from seq2seq.distributed import (
     ProcessGroup,
     any_process,
@@ -433,6 +433,7 @@ def prepared_run(
     run_dir = RunDir(config.train.run_dir)
     log_handler = None
     try:
+        check_precision(device, config.train.precision, "train.precision")  # before any work
         with run_dir.locked() if group.is_main else contextlib.nullcontext():  # one writer per run directory
             restarted = not resume and _restarted_by_torchrun(run_dir)
             resume = resume or restarted

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from seq2seq.align import pharaoh, word_alignment
 from seq2seq.config import DecodeConfig, decode_with
-from seq2seq.device import resolve_device
+from seq2seq.device import check_precision, resolve_device
 from seq2seq.ensemble import load_ensemble
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
@@ -95,6 +95,7 @@ class Translator:
         self.device = resolve_device(device)
         self.loaded = load_ensemble(checkpoints, self.device, weights)
         self.options = decode_with(self.loaded.config.decode, decode)
+        check_precision(self.device, self.options.precision, "--precision")
         self.tokenizer, self.config = self.loaded.tokenizer, self.loaded.config
 
     @classmethod

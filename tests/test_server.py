@@ -407,6 +407,15 @@ def test_a_wrong_type_is_a_422_naming_the_field(server, body, field):
     assert text.startswith(f"field '{field}': "), text
 
 
+def test_bf16_on_a_cpu_without_it_is_a_422_naming_the_field(server, monkeypatch):
+    from seq2seq import device
+
+    monkeypatch.setattr(device, "native_bf16", lambda: False)  # as on an AVX2-only CPU
+    text = detail(server.client.post("/v1/translate", json={"text": "uno", "precision": "bf16"}), 422)
+    assert text.startswith("field 'precision' bf16 needs a CPU with native bf16"), text
+    assert server.translate(text="uno", precision="fp32")["translations"]
+
+
 def test_an_unknown_field_is_a_422_naming_it(server):
     response = server.client.post("/v1/translate", json={"text": "uno", "beam_size": 3})
     assert detail(response, 422) == "unknown field 'beam_size'; see GET /openapi.json for the fields"
