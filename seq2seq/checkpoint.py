@@ -51,11 +51,13 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except (OSError, RuntimeError) as exc:  # torch.save turns a failed write into a vague RuntimeError
+    except BaseException as exc:  # a second Ctrl-C included: no temporary file is left behind
         try:
             temporary.unlink(missing_ok=True)
         except OSError:
             pass
+        if not isinstance(exc, (OSError, RuntimeError)):  # torch.save turns a failed write into a RuntimeError
+            raise
         cause = writer.error if writer is not None and writer.error is not None else exc
         reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0]
         raise UserError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is kept") from None
@@ -210,6 +212,7 @@ class TrainingState:
     skipped_updates: int = 0  # updates skipped for a non-finite loss or gradient
     skipped_in_a_row: int = 0
     world_size: int = 1  # processes the run trains with (torchrun)
+    validation_due: bool = False  # stopped (Ctrl-C) at a validation step before validating: done on resuming
 
 
 @dataclass

@@ -145,7 +145,11 @@ class Trainer:
             total=self.config.train.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True, disable=quiet
         )
         self.interval.started = time.monotonic()
-        stop_reason = self._limit_reached(False)  # a resumed run may already be at its limit
+        early = None
+        if self.state.validation_due:  # stopped at a validation step without validating: do it now
+            self.state.validation_due = False
+            early = self._save_point(validate=True)
+        stop_reason = early or self._limit_reached(False)  # a resumed run may already be at its limit
         with StopRequest() as stop:
             while stop_reason is None:
                 stop_reason = self._run_epoch(bar, stop, start)
@@ -197,7 +201,9 @@ class Trainer:
         if self.state.step % settings.log_every == 0 and self.interval.tokens:
             self._log_progress(bar)
         stop_reason, interrupted = self._agreed_stop(stop.requested)
-        if interrupted:  # save at once; validating could take minutes
+        if interrupted:  # save at once (validating could take minutes); the resumed run validates first if due
+            due = self.state.step % settings.validate_every == 0 or self._limit_reached(False) is not None
+            self.state.validation_due = due
             self._save_point(validate=False)
         elif self.state.step % settings.validate_every == 0 or stop_reason:
             early = self._save_point(validate=True)  # always: it also writes the checkpoints
