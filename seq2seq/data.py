@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from seq2seq.cache import cached_entry
+from seq2seq.cache import cached_entry, file_sha256
 from seq2seq.errors import UserError
 from seq2seq.subwords import SubwordSampler
 from seq2seq.textfiles import iter_lines
@@ -79,11 +79,7 @@ def read_parallel(prefix: str, src_lang: str, tgt_lang: str) -> tuple[list[str],
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (as stored, compressed or not)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 # --- the encoded corpus ----------------------------------------------------------------------

@@ -171,7 +171,9 @@ def no_tensorboard(monkeypatch):
 
 
 def snapshot(directory: Path) -> dict[Path, tuple[int, bytes]]:
-    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.rglob("*")) if p.is_file()}
+    """Every file's time and bytes, but the run directory's lock (each attempt takes and releases it)."""
+    files = (p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != ".lock")
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
 
 
 def test_without_the_package_a_run_stops_with_one_line_before_writing_anything(tmp_path: Path, capsys, no_tensorboard):
