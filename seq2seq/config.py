@@ -13,6 +13,7 @@ import difflib
 import logging
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -212,6 +213,40 @@ class ServeLimits:
 
 UNION_TYPES = (typing.Union, types.UnionType)  # Optional[int] and int | None
 
+INT_LIMIT = 2**63  # integers in a config fit int64 (numpy, torch), print, and save back to YAML
+MAX_THREADS = 2**31 - 1  # torch.set_num_threads takes a C int
+
+
+class _Shown(reprlib.Repr):
+    """repr() cut short for messages: a long string, a deep or recursive list, an alias bomb or an integer too
+    long to print (sys.get_int_max_str_digits) stay one short line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring, self.maxother, self.maxlong, self.maxlevel = 80, 80, 40, 3
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:
+            return f"<an integer of {x.bit_length()} bits>"
+
+
+SHOWN_CHARS = 100
+
+
+def _show(value: Any) -> str:
+    """A value (or a key) as a message shows it: its repr, on one line, at most SHOWN_CHARS characters; a string's
+    invisible or line-breaking characters escaped ('a\\nb', 'n\\ufeffame')."""
+    text = _Shown().repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _plain(text: str) -> str:
+    """A name as written when it is a short printable string, else shown as a repr."""
+    return text if text.isprintable() and len(text) <= 80 else _show(text)
+
+
 # Keys that moved: old dotted path -> new one. A config using the old one still loads, with a warning.
 MOVED_KEYS = {"train.max_output_ratio": "decode.max_output_ratio"}
 
@@ -242,27 +277,29 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return _build_attention(value, path)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a mapping of options, got {_show(value)}")
         return _build(tp, value, path)  # type: ignore[arg-type]
     if origin in UNION_TYPES:
         return _convert_union(value, tp, path)
     if origin is list:
         if not isinstance(value, list) or not value:
-            raise ConfigError(f"config key '{path}' must be a non-empty list, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be a non-empty list, got {_show(value)}")
         return [_convert(v, typing.get_args(tp)[0], f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {_show(value)}")
         return value
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {_show(value)}")
         return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
         return _convert_float(value, path)
     if tp in (int, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {_show(value)}")
+    if tp is int and not -INT_LIMIT < value < INT_LIMIT:
+        raise ConfigError(f"config key '{path}' must be an integer between -2**63 and 2**63, got {_show(value)}")
     return value
 
 
@@ -273,7 +310,7 @@ def _convert_union(value: Any, tp: Any, path: str) -> Any:
         return None
     inner = [a for a in typing.get_args(tp) if a is not type(None)]
     if float in inner and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key '{path}' must be a finite number, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be a finite number, got {_show(value)}")
     for alternative in inner:
         is_list = typing.get_origin(alternative) is list
         if (isinstance(value, dict) and dataclasses.is_dataclass(alternative)) or (isinstance(value, list) and is_list):
@@ -283,7 +320,7 @@ def _convert_union(value: Any, tp: Any, path: str) -> Any:
             return _convert(value, alternative, path)
         except ConfigError:
             pass
-    raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"config key '{path}' must be {_type_name(tp)}, got {_show(value)}")
 
 
 def _convert_float(value: Any, path: str) -> float:
@@ -295,9 +332,9 @@ def _convert_float(value: Any, path: str) -> float:
         except ValueError:
             pass
     if isinstance(number, bool) or not isinstance(number, (int, float)):
-        raise ConfigError(f"config key '{path}' must be a number, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be a number, got {_show(value)}")
     if not math.isfinite(number):
-        raise ConfigError(f"config key '{path}' must be a finite number, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be a finite number, got {_show(value)}")
     return float(number)
 
 
@@ -317,7 +354,7 @@ def _build(cls: type, data: dict, path: str = "") -> Any:
 def _unknown_key_message(full: str, key: str, names: list[str], path: str, valid: list[str] | None = None) -> str:
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
     hint = f" (did you mean '{path + '.' if path else ''}{close[0]}'?)" if close else ""
-    return f"unknown config key '{full}'{hint}; valid keys here: {', '.join(valid or names)}"
+    return f"unknown config key {_show(full)}{hint}; valid keys here: {', '.join(valid or names)}"
 
 
 def _build_attention(value: Any, path: str) -> AttentionConfig:
@@ -327,10 +364,10 @@ def _build_attention(value: Any, path: str) -> AttentionConfig:
     before options moved to their variants listed every option, so those are dropped with a warning.
     """
     if not isinstance(value, dict):
-        raise ConfigError(f"config key '{path}' must be a mapping of options, got {value!r}")
+        raise ConfigError(f"config key '{path}' must be a mapping of options, got {_show(value)}")
     name = value.get("type", AttentionConfig.type)
     if not isinstance(name, str) or name not in ATTENTION_TYPES:
-        raise ConfigError(f"config key '{path}.type' must be one of {', '.join(ATTENTION_TYPES)}, got {name!r}")
+        raise ConfigError(f"config key '{path}.type' must be one of {', '.join(ATTENTION_TYPES)}, got {_show(name)}")
     names = _field_names(ATTENTION_TYPES[name].options_type)
     own, foreign = {}, []
     for key, option in value.items():
@@ -369,7 +406,7 @@ def parse_duration(text: str, key: str = "train.max_time") -> float:
     """Seconds in a duration such as '90', '90s', '8m', '1.5h'."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
     if not match:
-        raise ConfigError(f"config key '{key}' must be a duration like '90s', '8m' or '2h', got {text!r}")
+        raise ConfigError(f"config key '{key}' must be a duration like '90s', '8m' or '2h', got {_show(text)}")
     number, unit = float(match.group(1)), match.group(2) or "s"
     return number * {"s": 1, "m": 60, "h": 3600}[unit]
 
@@ -399,6 +436,7 @@ POSITIVE = (
     "train.validate_max_sentences",
 )
 NON_NEGATIVE = (
+    "train.seed",  # numpy's generators (weighted corpora) take no negative seed
     "train.keep_checkpoints",
     "train.threads",
     "train.weight_decay",
@@ -429,6 +467,12 @@ def _check_ranges(config: Config) -> None:
     for key in FRACTIONS:
         if not 0 <= _value(config, key) < 1:
             raise ConfigError(f"config key '{key}' must be in [0, 1), got {_value(config, key)!r}")
+    if config.train.threads > MAX_THREADS:
+        raise ConfigError(f"config key 'train.threads' must be at most {MAX_THREADS}, got {config.train.threads}")
+    if not all(0 <= beta < 1 for beta in config.train.adam_betas):
+        raise ConfigError(
+            f"config key 'train.adam_betas' must be two numbers in [0, 1), got {list(config.train.adam_betas)}"
+        )
     if not 0 < config.tokenizer.character_coverage <= 1:
         raise ConfigError("config key 'tokenizer.character_coverage' must be in (0, 1]")
     if config.tokenizer.vocab_size < 8:
@@ -453,7 +497,9 @@ def _check_training_corpora(data: DataConfig) -> None:
                 f"config key '{key}.weight' must be greater than 0, got {corpus.weight!r} (remove the corpus instead)"
             )
         if corpus.prefix in seen:
-            raise ConfigError(f"config key '{key}': corpus {corpus.prefix} is listed twice (give it one weight)")
+            raise ConfigError(
+                f"config key '{key}': corpus {_plain(corpus.prefix)} is listed twice (give it one weight)"
+            )
         seen.add(corpus.prefix)
 
 
@@ -576,7 +622,7 @@ def decode_with(
         if key not in hints:
             close = difflib.get_close_matches(str(key), list(hints), n=1, cutoff=0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown decoding option '{key}'{hint}; valid options: {', '.join(hints)}")
+            raise ConfigError(f"unknown decoding option {_show(key)}{hint}; valid options: {', '.join(hints)}")
         try:
             values[key] = _convert(value, hints[key], key)
         except ConfigError as exc:  # the same reason, naming the option as the caller knows it
@@ -634,7 +680,7 @@ def config_from_dict(data: dict | None, where: str = "config") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"a config must be a mapping of sections (data, tokenizer, model, train, decode), got {data!r}"
+            f"a config must be a mapping of sections (data, tokenizer, model, train, decode), got {_show(data)}"
         )
     config = _build(Config, migrate_keys(data, where))
     _check_ranges(config)
@@ -643,22 +689,36 @@ def config_from_dict(data: dict | None, where: str = "config") -> Config:
     return config
 
 
+# What yaml.safe_load raises besides YAMLError: its converters fail on malformed typed scalars (!!int 'x', a 30th
+# of February, an integer of more than 4300 digits) with ValueError, IndexError, KeyError, AttributeError or
+# TypeError, and a very deep nesting exhausts its recursion.
+YAML_VALUE_ERRORS = (ValueError, LookupError, AttributeError, TypeError, RecursionError)
+
+
+def _yaml_reason(exc: BaseException) -> str:
+    """Why a YAML value cannot be read, in a few words on one line."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    lines = str(exc).strip().splitlines()
+    return _plain(lines[0][:100]) if lines else exc.__class__.__name__
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `--set a.b.c=value` to a plain config dict (value parsed as YAML)."""
     if "=" not in assignment:
-        raise ConfigError(f"--set expects key.path=value, got {assignment!r}")
+        raise ConfigError(f"--set expects key.path=value, got {_show(assignment)}")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
     node = data
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {path}: '{key}' is not a section")
+            raise ConfigError(f"--set {_plain(path)}: {_show(key)} is not a section")
         node = child
     try:
         node[keys[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {path}: cannot read value {raw!r} ({exc.__class__.__name__})") from None
+    except (yaml.YAMLError, *YAML_VALUE_ERRORS) as exc:
+        raise ConfigError(f"--set {_plain(path)}: cannot read value {_show(raw)} ({exc.__class__.__name__})") from None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -674,6 +734,10 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except YAML_VALUE_ERRORS as exc:
+        raise ConfigError(f"config file {path} holds a value YAML cannot read ({_yaml_reason(exc)}): fix it") from None
     return data if data is not None else {}
 
 

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import gzip
 import random
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from seq2seq.errors import UserError
 
+# What reading a damaged .gz raises: a bad header or trailer is an OSError (gzip.BadGzipFile), a file cut short an
+# EOFError, and a corrupt compressed stream zlib.error.
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
 
 def iter_lines(path: Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file (plain or .gz), without line endings, one at a time."""
+    """The lines of a UTF-8 text file (plain or .gz), without line endings, one at a time.
+
+    A line ends at LF; the CRs just before it (CRLF, or CR CR LF from a file converted twice) and at the end of
+    the last line are dropped, a CR inside a line is kept (`count_lines` counts LFs too). A UTF-8 byte order
+    mark starting the file is dropped.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     number = 0
     try:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 try:
-                    yield raw.decode("utf-8").rstrip("\n").rstrip("\r")
+                    line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
                 except UnicodeDecodeError as exc:
                     raise UserError(
                         f"{path}, line {number}: not valid UTF-8 (byte {exc.start + 1}); convert the file to UTF-8"
                     ) from None
-    except (OSError, EOFError) as exc:
+                yield line.removeprefix("\ufeff") if number == 1 else line
+    except READ_ERRORS as exc:
         raise UserError(f"cannot read {path} (after line {number}): {exc}") from None
 
 
@@ -36,7 +47,7 @@ def count_lines(path: Path) -> int:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 count += block.count(b"\n")
                 last = block[-1:]
-    except (OSError, EOFError) as exc:
+    except READ_ERRORS as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
     return count + (last != b"\n")
 

@@ -127,10 +127,10 @@ def test_literal_keys_accept_each_choice():
 
 
 def test_loose_yaml_numbers_are_accepted_as_floats():
-    config = config_from_dict({"train": {"max_steps": 10, "lr": "1e-3", "clip_grad_norm": 5, "adam_betas": [0.9, 1]}})
+    config = config_from_dict({"train": {"max_steps": 10, "lr": "1e-3", "clip_grad_norm": 5, "adam_betas": [0, 0.98]}})
     assert config.train.lr == pytest.approx(1e-3)
     assert isinstance(config.train.clip_grad_norm, float)
-    assert config.train.adam_betas == (0.9, 1.0)
+    assert config.train.adam_betas == (0.0, 0.98)
 
 
 @pytest.mark.parametrize(
@@ -533,3 +533,94 @@ def test_every_shipped_config_loads(path: Path):
 
 def test_configs_are_shipped():
     assert len(list(CONFIGS.glob("*.yaml"))) >= 3
+
+
+# --- found by fuzzing (tests/test_fuzz.py) ---------------------------------------------------------------------
+
+LAUGHS = (
+    "[&a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], "
+    + ", ".join(  # an alias bomb: 10**8 ones in 400 bytes
+        f"&{name} [{', '.join([f'*{previous}'] * 10)}]" for previous, name in zip("abcdefg", "bcdefgh")
+    )
+    + "]"
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["!!int 'x'", "!!int ''", "!!float ''", "!!bool 'x'", "!!timestamp 'x'", "2001-02-30", "9" * 5000, "[" * 2000],
+    ids=["int", "empty-int", "empty-float", "bool", "timestamp", "february-30", "5000-digits", "too-deep"],
+)
+def test_a_yaml_value_pyyaml_cannot_convert_is_a_config_error(tmp_path: Path, value: str):
+    """PyYAML's converters raise ValueError, IndexError, KeyError or AttributeError, and deep nesting RecursionError;
+    they were tracebacks, in the file and in --set alike."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"name: {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"config\.yaml (holds a value YAML cannot read|is not valid YAML)") as error:
+        load_config(path)
+    assert str(error.value).isprintable() and len(str(error.value)) < 300
+    path.write_text("train: {max_steps: 10}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^--set name: cannot read value .+ \(\w+Error\)$"):
+        load_config(path, [f"name={value}"])
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ('"a\\nb": 1', r"unknown config key 'a\\nb'"),  # was a message of two lines
+        ('"n\\ufeffame": x', r"unknown config key 'n\\ufeffame' \(did you mean 'name'\?\)"),  # was 'name' ... 'name'
+        ('data: {train: ["a\\u2028b", "a\\u2028b"]}', r"corpus 'a\\u2028b' is listed twice"),
+        (f"name: {LAUGHS}", r"config key 'name' must be a string, got \[\[1, 1, 1, 1, 1, 1, \.\.\.\], "),
+    ],
+    ids=["newline", "bom", "line-separator", "alias-bomb"],
+)
+def test_messages_show_keys_and_values_escaped_and_short(tmp_path: Path, text: str, shown: str):
+    """A key or value with a line break or an invisible character is shown escaped; a huge value (an alias bomb of
+    10**8 elements made a message of gigabytes) is cut short."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"train: {{max_steps: 10}}\n{text}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=shown) as error:
+        load_config(path)
+    assert str(error.value).isprintable() and len(str(error.value)) < 300
+
+
+def test_a_set_path_with_a_line_break_is_shown_escaped(tmp_path: Path):
+    path = write_yaml(tmp_path / "config.yaml", BASE)
+    with pytest.raises(ConfigError, match=r"^--set 'train\\nmax_steps\.x': 'train\\nmax_steps' is not a section$"):
+        load_config(path, ["train\nmax_steps=1", "train\nmax_steps.x=2"])
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63), 16**5000], ids=["2**63", "-2**63", "5000-hex-digits"])
+def test_an_integer_beyond_int64_is_refused(tmp_path: Path, value: int):
+    """Integers past int64 overflowed numpy and torch; one of more than 4300 digits could not even be printed."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"train: {{max_steps: 10, seed: {hex(value)}}}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'train\.seed' must be an integer between -2\*\*63 and 2\*\*63, got ") as e:
+        load_config(path)
+    assert len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize(
+    "dotted, value, message",
+    [
+        ("train.seed", -1, r"'train\.seed' must be 0 or more, got -1"),  # numpy's generators refuse it
+        ("train.threads", 2**31, r"'train\.threads' must be at most 2147483647, got 2147483648"),  # a C int
+        ("train.adam_betas", [0.9, 1.0], r"'train\.adam_betas' must be two numbers in \[0, 1\), got \[0\.9, 1\.0\]"),
+        ("train.adam_betas", [-0.1, 0.9], r"'train\.adam_betas' must be two numbers in \[0, 1\)"),
+    ],
+)
+def test_values_training_would_crash_on_are_refused(dotted: str, value, message: str):
+    """Loaded, then a traceback from numpy, torch.set_num_threads or torch.optim.Adam when training started."""
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(with_value(dotted, value))
+
+
+def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path, monkeypatch):
+    path = write_yaml(tmp_path / "config.yaml", BASE)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", refuse)  # chmod 000 does not stop root, who runs the CI
+    with pytest.raises(ConfigError, match=r"^cannot read config file .*config\.yaml: Permission denied$"):
+        load_config(path)

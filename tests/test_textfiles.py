@@ -67,3 +67,33 @@ def test_sample_lines_draws_limit_distinct_lines_repeatably(tmp_path: Path):
     assert any(s.startswith("en ") for s in sample)  # the second file is sampled too, not only the first
     assert sample_lines([first, second], limit=10, seed=1) == sample
     assert sample_lines([first, second], limit=10, seed=2) != sample
+
+
+# --- found by fuzzing (tests/test_fuzz.py) ---------------------------------------------------------------------
+
+
+def test_a_corrupt_gzip_stream_is_a_user_error(tmp_path: Path):
+    """A valid gzip header over a corrupt deflate stream raised zlib.error, which is not an OSError."""
+    path = tmp_path / "corrupt.es.gz"
+    path.write_bytes(gzip.compress(b"uno\n", mtime=0)[:10] + b"\xff" * 16)  # block type 3 does not exist
+    with pytest.raises(UserError, match=rf"^cannot read {path} \(after line 0\): Error -3 .*invalid block type"):
+        list(iter_lines(path))
+    with pytest.raises(UserError, match=rf"^cannot read {path}: Error -3 "):
+        count_lines(path)
+
+
+def test_a_utf8_byte_order_mark_starting_the_file_is_dropped(tmp_path: Path):
+    """Editors on Windows start UTF-8 files with a BOM; it was read as an invisible first character of line 1."""
+    plain, zipped = tmp_path / "bom.es", tmp_path / "bom.es.gz"
+    data = b"\xef\xbb\xbfuno\n\xef\xbb\xbfdos\n"
+    plain.write_bytes(data)
+    zipped.write_bytes(gzip.compress(data))
+    assert list(iter_lines(plain)) == list(iter_lines(zipped)) == ["uno", "\ufeffdos"]  # only the file's first
+    assert count_lines(plain) == 2
+
+
+def test_carriage_returns_end_a_line_only_before_a_line_feed_or_at_the_end(tmp_path: Path):
+    path = tmp_path / "cr.es"
+    path.write_bytes(b"uno\r\r\ndos\rtres\ncuatro\r")
+    assert list(iter_lines(path)) == ["uno", "dos\rtres", "cuatro"]
+    assert count_lines(path) == 3
