@@ -112,7 +112,9 @@ def _translate(args: argparse.Namespace) -> int:
         return 0
     with contextlib.ExitStack() as files:
         try:
-            source = files.enter_context(open(args.input, encoding="utf-8", newline="\n")) if args.input else sys.stdin
+            source = (
+                files.enter_context(open(args.input, encoding="utf-8-sig", newline="\n")) if args.input else sys.stdin
+            )
             sink = files.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
             alignment = files.enter_context(open(args.alignment, "w", encoding="utf-8")) if args.alignment else None
         except OSError as exc:
