@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,7 +151,6 @@ def _score(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import dataclasses
-    import os
 
     from seq2seq.config import ServeLimits
 
@@ -397,13 +397,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # recorded in checkpoints
     setup_logging(args.verbose)
     try:
-        return args.func(args)
+        status = args.func(args)
     except UserError as exc:
         print(f"seq2seq: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        status = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("seq2seq: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        status = EXIT_INTERRUPTED
+    if "WORLD_SIZE" in os.environ:  # launched by torchrun: end the process here (see leave_launched_process)
+        from seq2seq.distributed import leave_launched_process
+
+        return leave_launched_process(status)
+    return status
 
 
 if __name__ == "__main__":
