@@ -3,11 +3,13 @@
 An entry is a directory named by a key of its inputs (e.g. corpus-<key>, spm-<key>). Any number of
 trainings may share a cache, started at the same moment or on several machines over a shared disk:
 
-- one process builds an entry, under the lock file .<name>.lock; the others wait, then read it;
+- one process builds an entry, under the lock file .<name>.lock; the others wait, then read it
+  (readers take the lock shared, so they check an entry side by side);
 - it is built in a temporary directory and published by one atomic rename, so no reader ever
   sees half of it;
 - its manifest.json, written last, lists each file's size and SHA-256: an entry that does not
-  match (truncated, corrupted, a file missing) is reported and rebuilt;
+  match (truncated, corrupted, a file missing) is reported and rebuilt. Checking reads the entry
+  once per run (about as long as hashing the raw corpus, which every run does too);
 - a full disk (or any failed write) is one clear line and leaves no half-built entry behind.
 """
 
@@ -37,17 +39,24 @@ def cached_entry(cache_dir: Path, name: str, build: Callable[[Path], None], what
     `what` names the entry in messages ("encoded training corpus").
     """
     make_directory(cache_dir, "data.cache_dir")
-    entry = cache_dir / name
-    with exclusive(cache_dir / f".{name}.lock", wait=True):
+    entry, lock = cache_dir / name, cache_dir / f".{name}.lock"
+    with exclusive(lock, wait=True, shared=True):  # readers check an entry side by side
+        if entry_problem(entry) is None:
+            return _reused(entry, what)
+    with exclusive(lock, wait=True):  # one builder; whoever waited finds the entry built
         problem = entry_problem(entry)
         if problem is None:
-            log.info("%s reused from cache: %s", what[0].upper() + what[1:], entry)
-            return entry
+            return _reused(entry, what)
         if entry.exists():
             log.warning("The cached %s at %s is damaged (%s): rebuilding it", what, entry, problem)
             shutil.rmtree(entry, ignore_errors=True)
         _remove_leftovers(cache_dir, name)  # temporary directories of builders that died: we hold the lock
         _build(cache_dir, entry, build, what)
+    return entry
+
+
+def _reused(entry: Path, what: str) -> Path:
+    log.info("%s reused from cache: %s", what[0].upper() + what[1:], entry)
     return entry
 
 

@@ -436,7 +436,6 @@ POSITIVE = (
     "train.validate_max_sentences",
 )
 NON_NEGATIVE = (
-    "train.seed",  # numpy's generators (weighted corpora) take no negative seed
     "train.keep_checkpoints",
     "train.threads",
     "train.weight_decay",

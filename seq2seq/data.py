@@ -309,7 +309,7 @@ def weighted_epoch(sizes: Sequence[int], weights: Sequence[float], seed: int, ep
     parts, start, total = [], 0, sum(sizes)
     for k, (size, weight) in enumerate(zip(sizes, weights)):
         whole, fraction = divmod(weight, 1.0)
-        rng = np.random.default_rng([seed, epoch, k])
+        rng = np.random.default_rng([seed % 2**64, epoch, k])  # numpy takes no negative seed: -1 is 2**64 - 1
         extra = np.sort(rng.choice(size, round(fraction * size), replace=False))
         copies = [np.arange(size) + copy * total for copy in range(int(whole))]
         parts.append(np.concatenate([*copies, extra + int(whole) * total]) + start)

@@ -30,7 +30,7 @@ from seq2seq.config import Config, config_from_dict, config_to_dict
 from seq2seq.errors import UserError
 from seq2seq.locks import LockBusy, describe_owner, exclusive
 from seq2seq.tokenizer import Tokenizer
-from seq2seq.writing import append_line, make_directory, write_error, write_text_atomically
+from seq2seq.writing import append_line, make_directory, write_atomically, write_error
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,21 @@ class RunDir:
                         self.lock_file,
                         describe_owner(previous),
                     )
-                yield
+                try:
+                    yield
+                finally:
+                    if created:
+                        self._remove_if_only_the_lock()  # still holding the lock: no other run is in there
         except LockBusy as busy:
             raise UserError(
                 f"{self.path} is in use by another training run ({busy}): wait for it to finish or stop it, "
                 "or choose another train.run_dir"
             ) from None
-        finally:
-            if created and [p.name for p in self.path.iterdir()] == [self.lock_file.name]:
+
+    def _remove_if_only_the_lock(self) -> None:
+        """Undo the directory a run created before failing its checks (nothing but the lock file in it)."""
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.path.iterdir()] == [self.lock_file.name]:
                 self.lock_file.unlink()
                 self.path.rmdir()
 
@@ -139,11 +146,11 @@ class RunDir:
     def prepare(self, config: Config, resume: bool) -> None:
         """Create the directory, drop a previous run's records (unless resuming) and write the config."""
         make_directory(self.path, "train.run_dir")
-        if not resume:
-            for stale in (self.metrics, self.progress):
+        if not resume:  # starting over (--force): a crash before the first save must not resume the old run
+            for stale in (self.metrics, self.progress, self.last):
                 stale.unlink(missing_ok=True)
             shutil.rmtree(self.tensorboard, ignore_errors=True)
-        write_text_atomically(self.config, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_atomically(self.config, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
     def save_tokenizer(self, tokenizer: Tokenizer) -> None:
         """Write the SentencePiece model(s): spm.joint.model, or spm.src.model and spm.tgt.model."""
@@ -153,16 +160,11 @@ class RunDir:
         else:
             files = {"spm.src.model": state["src_model"], "spm.tgt.model": state["tgt_model"]}
         for name, model in files.items():
-            path = self.path / name
-            try:
-                path.write_bytes(model)
-            except OSError as exc:
-                path.unlink(missing_ok=True)
-                raise write_error(path, exc, "nothing was trained yet") from None
+            write_atomically(self.path / name, model)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """summary.json: how the run ended."""
-        write_text_atomically(self.summary, json.dumps(summary, indent=2) + "\n")
+        write_atomically(self.summary, json.dumps(summary, indent=2) + "\n")
 
     # --- records ----------------------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class RunDir:
         for path in (self.metrics, self.progress):
             if path.is_file():
                 kept = [record for record in read_records(path) if record.get("step", 0) <= last_step]
-                write_text_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
+                write_atomically(path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def attach_log(self) -> logging.Handler:
         """Copy the package's INFO log into train.log (also when no CLI set logging up)."""

@@ -144,13 +144,13 @@ class Trainer:
         bar = tqdm(
             total=self.config.train.max_steps, initial=self.state.step, unit="step", dynamic_ncols=True, disable=quiet
         )
-        self.interval.started = time.monotonic()
-        early = None
-        if self.state.validation_due:  # stopped at a validation step without validating: do it now
-            self.state.validation_due = False
-            early = self._save_point(validate=True)
-        stop_reason = early or self._limit_reached(False)  # a resumed run may already be at its limit
         with StopRequest() as stop:
+            early = None
+            if self.state.validation_due:  # stopped at a validation step without validating: do it now
+                self.state.validation_due = False
+                early = self._save_point(validate=True)
+            stop_reason = early or self._limit_reached(False)  # a resumed run may already be at its limit
+            self.interval.started = time.monotonic()  # validation time is not training speed
             while stop_reason is None:
                 stop_reason = self._run_epoch(bar, stop, start)
         bar.close()

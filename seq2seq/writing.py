@@ -1,7 +1,7 @@
 """Writing files so that a failure (a full disk, a bad path) is one clear line and leaves nothing half-written.
 
 - `make_directory`: a directory a setting names, or one line saying why it cannot be made;
-- `write_text_atomically`: a temporary file, flushed, then renamed over the old one;
+- `write_atomically`: a temporary file, flushed, then renamed over the old one;
 - `append_line`: one line added to a records file, or, if the write fails, the file cut back to
   what it held before (a JSON-lines file never keeps half a record).
 """
@@ -33,12 +33,12 @@ def write_error(path: Path, exc: OSError, kept: str) -> UserError:
     return UserError(f"could not write {path}: {reason}; {kept}{hint}")
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` whole, or leave it as it was (a UserError on failure)."""
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Replace `path` with `data` (text is written as UTF-8) whole, or leave it as it was (a UserError on failure)."""
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(temporary, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

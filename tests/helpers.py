@@ -40,6 +40,16 @@ NOT_A_CHECKPOINT = (
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 cores: keep child processes to one thread
 
 
+def _native_bf16() -> bool:
+    from seq2seq.device import native_bf16
+
+    return native_bf16()
+
+
+# bf16 numerics need a CPU with bf16 (elsewhere bf16 is refused, which tests/test_device.py checks there too)
+needs_native_bf16 = pytest.mark.skipif(not _native_bf16(), reason="this CPU has no native bf16 (refused here)")
+
+
 # --- files and corpora ------------------------------------------------------------------------------
 
 

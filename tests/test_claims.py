@@ -34,6 +34,7 @@ from helpers import (
     head,
     lines_written,
     make_toy_config,
+    needs_native_bf16,
     regularised_toy_config,
     toy_pairs,
     toy_sentence,
@@ -568,6 +569,7 @@ def test_max_time_ends_the_run_and_counts_across_a_resume(tmp_path: Path, toy_co
 # ten may differ, on unseen sentences too) and each best translation's log-probability within 0.1 nats.
 
 
+@needs_native_bf16
 @pytest.mark.parametrize("beam", [1, 5], ids=["greedy", "beam5"])
 def test_bf16_decoding_scores_like_fp32(toy_model, corpus, beam: int):
     sources, references = corpus
@@ -588,6 +590,7 @@ def test_bf16_decoding_scores_like_fp32(toy_model, corpus, beam: int):
     assert max(gaps) > 0, "bf16 gave fp32's log-probabilities to the bit: was it used at all?"
 
 
+@needs_native_bf16
 def test_evaluate_with_precision_bf16_reports_fp32_bleu(toy_model, tmp_path: Path, capsys):
     checkpoint = checkpoint_copy(toy_model, tmp_path)
     reports = {}

@@ -53,6 +53,13 @@ def test_weight_2_draws_every_pair_twice_as_two_numbered_copies():
     assert counts(drawn % 5) == {i: 2 for i in range(5)}
 
 
+def test_a_negative_seed_draws_like_its_unsigned_twin():
+    """Checkpoints of earlier versions may hold train.seed: -1; numpy's generators take only seeds >= 0."""
+    drawn = weighted_epoch([30], [0.5], seed=-1, epoch=0)
+    assert drawn.tolist() == weighted_epoch([30], [0.5], seed=2**64 - 1, epoch=0).tolist()
+    assert len(drawn) == 15
+
+
 def test_weight_one_half_draws_half_the_pairs_once_each():
     drawn = weighted_epoch([30], [0.5], seed=3, epoch=0)
     assert len(drawn) == 15 and len(set(drawn.tolist())) == 15

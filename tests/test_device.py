@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import needs_native_bf16
 
 from seq2seq import device as device_module
 from seq2seq.device import autocast, check_precision, has_bf16_flag, resolve_device
@@ -22,7 +23,9 @@ def test_cuda_without_a_gpu_is_one_clear_error_naming_the_setting():
         resolve_device("cuda", "train.device")
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", None)])
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [pytest.param("bf16", torch.bfloat16, marks=needs_native_bf16), ("fp32", None)]
+)
 def test_autocast_runs_matmuls_in_the_precision_asked_for(precision: str, dtype):
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast(torch.device("cpu"), precision):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from helpers import (
 from seq2seq.cache import MANIFEST, cached_entry, entry_problem
 from seq2seq.errors import UserError
 from seq2seq.locks import LockBusy, exclusive, read_owner
+from seq2seq.rundir import RunDir
 
 # --- the lock itself -----------------------------------------------------------------------------------
 
@@ -37,67 +40,149 @@ def _hold_lock(path: str, ready: str) -> None:  # runs in a child process
         time.sleep(60)
 
 
-def _child_holding(tmp_path: Path) -> tuple[multiprocessing.Process, Path]:
-    lock, ready = tmp_path / "x.lock", tmp_path / "ready"
-    child = multiprocessing.get_context("spawn").Process(target=_hold_lock, args=(str(lock), str(ready)))
-    child.start()
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert child.is_alive() and time.monotonic() < deadline, "the child never took the lock"
+def _wait_for(path: Path, child: multiprocessing.Process, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert child.is_alive() and time.monotonic() < deadline, f"the child never got to {what}"
         time.sleep(0.01)
-    return child, lock
+
+
+def _start(target, *args: str) -> multiprocessing.Process:
+    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    child.start()
+    return child
+
+
+def _kill(child: multiprocessing.Process) -> None:
+    if child.pid is not None and child.is_alive():
+        os.kill(child.pid, signal.SIGKILL)
+    child.join()
+
+
+def _owner_seen_by_another_process(lock: Path) -> dict | str:
+    """What a fresh process meets when it tries the lock: the holder's record, or "free"."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_try_lock, (str(lock),))
+
+
+def _try_lock(path: str) -> dict | str:  # runs in a child process
+    try:
+        with exclusive(Path(path), wait=False):
+            return "free"
+    except LockBusy as busy:
+        return busy.owner
 
 
 def test_a_held_lock_is_refused_with_its_owner_and_a_dead_owners_lock_is_taken_over(tmp_path: Path):
-    child, lock = _child_holding(tmp_path)
+    lock, ready = tmp_path / "x.lock", tmp_path / "ready"
+    child = _start(_hold_lock, str(lock), str(ready))
     try:
+        _wait_for(ready, child, "the lock")
         with pytest.raises(LockBusy) as busy, exclusive(lock, wait=False):
             pass
         assert busy.value.owner["pid"] == child.pid
         assert f"pid {child.pid} on " in str(busy.value)
     finally:
-        os.kill(child.pid, signal.SIGKILL)  # dies holding it: the kernel releases the flock
-        child.join()
+        _kill(child)  # dies holding it: the kernel releases the lock
     with exclusive(lock, wait=False) as previous:
         assert previous["pid"] == child.pid  # the record of the holder that died
-        assert read_owner(lock)["pid"] == os.getpid()
+        assert _owner_seen_by_another_process(lock)["pid"] == os.getpid()  # held, with this process's record
     assert read_owner(lock) == {}  # a clean release empties the record
+    assert _owner_seen_by_another_process(lock) == "free"
     with exclusive(lock, wait=False) as previous:
         assert previous == {}
+
+
+def _lock_run_dir_then_fork(path: str, ready: str) -> None:  # runs in a child process: a trainer with a worker
+    with RunDir(path).locked():
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker.start()  # like a DataLoader worker: forked while the lock is held
+        Path(ready).write_text(str(worker.pid))
+        time.sleep(60)
+
+
+def test_a_killed_trainers_forked_workers_do_not_keep_its_run_directory_locked(tmp_path: Path):
+    run, ready = tmp_path / "run", tmp_path / "ready"
+    trainer = _start(_lock_run_dir_then_fork, str(run), str(ready))
+    try:
+        _wait_for(ready, trainer, "its lock and its worker")
+        worker = int(ready.read_text())
+        _kill(trainer)
+        assert Path(f"/proc/{worker}").exists()  # the orphaned worker lives on
+        with RunDir(run).locked():  # yet the run directory is free at once
+            pass
+    finally:
+        _kill(trainer)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_a_run_refused_at_a_new_directory_leaves_the_holders_lock_and_directory(tmp_path: Path):
+    run, ready = tmp_path / "new-run", tmp_path / "ready"
+    child = _start(_hold_lock_of_a_new_run_dir, str(run), str(ready))
+    try:
+        _wait_for(ready, child, "the lock")
+        with (
+            pytest.raises(UserError, match=f"in use by another training run \\(pid {child.pid} on "),
+            RunDir(run).locked(),
+        ):
+            pass
+        assert (run / ".lock").is_file()  # the refused run removed nothing of the holder's
+        assert _owner_seen_by_another_process(run / ".lock")["pid"] == child.pid
+    finally:
+        _kill(child)
+
+
+def _hold_lock_of_a_new_run_dir(path: str, ready: str) -> None:  # runs in a child process
+    with RunDir(path).locked():
+        Path(ready).touch()
+        time.sleep(60)
 
 
 # --- the shared cache ------------------------------------------------------------------------------------
 
 
-def _build_slowly(cache: str, started: str) -> None:  # runs in a child process
+def _build_when_told(cache: str, started: str, proceed: str) -> None:  # runs in a child process
     def build(directory: Path) -> None:
         Path(started).touch()
-        time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+        deadline = time.monotonic() + 60
+        while not Path(proceed).exists() and time.monotonic() < deadline:  # until the reader is seen waiting
+            time.sleep(0.01)
         (directory / "data.bin").write_bytes(b"built by the first process")
 
     cached_entry(Path(cache), "entry-a", build, "test entry")
 
 
 def test_a_second_process_waits_for_the_builder_and_reads_its_whole_entry(tmp_path: Path, caplog):
-    cache, started = tmp_path / "cache", tmp_path / "started"
-    builder = multiprocessing.get_context("spawn").Process(target=_build_slowly, args=(str(cache), str(started)))
-    builder.start()
-    deadline = time.monotonic() + 30
-    while not started.exists():
-        assert builder.is_alive() and time.monotonic() < deadline
-        time.sleep(0.005)
-    assert entry_problem(cache / "entry-a") == "missing"  # being built: not visible yet
+    cache, started, proceed = tmp_path / "cache", tmp_path / "started", tmp_path / "proceed"
+    builder = _start(_build_when_told, str(cache), str(started), str(proceed))
+    try:
+        _wait_for(started, builder, "building")
+        assert entry_problem(cache / "entry-a") == "missing"  # being built: not visible yet
 
-    def build_again(directory: Path) -> None:
-        raise AssertionError("built twice: the lock did not hold the second process back")
+        def build_again(directory: Path) -> None:
+            raise AssertionError("built twice: the lock did not hold the second process back")
 
-    caplog.set_level(logging.INFO, logger="seq2seq")
-    entry = cached_entry(cache, "entry-a", build_again, "test entry")
-    builder.join(30)
-    assert builder.exitcode == 0
-    assert (entry / "data.bin").read_bytes() == b"built by the first process"
+        caplog.set_level(logging.INFO, logger="seq2seq")
+        found: list[Path] = []
+        reader = threading.Thread(
+            target=lambda: found.append(cached_entry(cache, "entry-a", build_again, "test entry"))
+        )
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not any(r.getMessage().startswith("Waiting for pid ") for r in caplog.records):
+            assert reader.is_alive() and time.monotonic() < deadline, "the reader did not wait for the builder"
+            time.sleep(0.01)
+        proceed.touch()
+        reader.join(60)
+        builder.join(60)
+    finally:
+        proceed.touch()
+        _kill(builder)
+    assert builder.exitcode == 0 and len(found) == 1
+    assert (found[0] / "data.bin").read_bytes() == b"built by the first process"
     messages = [record.getMessage() for record in caplog.records]
-    assert any(message.startswith("Waiting for pid ") for message in messages), messages
+    assert any(message.startswith(f"Waiting for pid {builder.pid} on ") for message in messages), messages
     assert any(message.startswith("Test entry reused from cache") for message in messages), messages
     assert not list(cache.glob(".entry-a.*.tmp"))
 

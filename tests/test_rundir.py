@@ -48,6 +48,20 @@ def test_a_new_run_never_overwrites_one_unless_forced(tmp_path: Path):
     run_dir.check_can_start(resume=True, force=False)
 
 
+def test_starting_over_with_force_drops_the_old_resume_point(tmp_path: Path, config):
+    """Else a crash before the new run's first save, then --resume (or a torchrun restart), continues the old run."""
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    for old in (run_dir.last, run_dir.best, run_dir.metrics):
+        old.write_bytes(b"the old run")
+    run_dir.prepare(config, resume=False)
+    assert not run_dir.last.exists() and not run_dir.metrics.exists()
+    assert run_dir.best.read_bytes() == b"the old run"  # replaced only when the new run has a better one
+    run_dir.last.write_bytes(b"the new run")
+    run_dir.prepare(config, resume=True)
+    assert run_dir.last.read_bytes() == b"the new run"
+
+
 def test_resuming_needs_the_same_config_but_the_run_limits_may_change(tmp_path: Path, config):
     from seq2seq.config import config_to_dict
 

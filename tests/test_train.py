@@ -16,6 +16,7 @@ from helpers import (
     TOY_VOCAB,
     assert_same_weights,
     make_toy_config,
+    needs_native_bf16,
     regularised_toy_config,
     toy_pairs,
     write_config,
@@ -212,7 +213,7 @@ def test_failed_run_leaves_no_log_handler_behind(tmp_path: Path, tiny_config):
     assert leftovers == []
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", [pytest.param("bf16", marks=needs_native_bf16), "fp16"])
 def test_mixed_precision_trains_with_autocast(toy_config, precision: str):
     toy_config["train"].update(precision=precision, max_steps=30, validate_every=30)
     with prepared_run(config_from_dict(toy_config)) as trainer:
