@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"
 import decoding
 import experiments
 import finetune
+import launch_loop
+import reliability
 import serve_load
 import training_options
 import versus_joey
@@ -153,3 +155,20 @@ def test_the_committed_serving_table_and_the_readmes_figures_come_from_the_commi
         f"Over {memory['requests']:,} more requests",
     ):
         assert figure in readme, figure
+
+
+@pytest.mark.parametrize("name, script", [("reliability", reliability), ("launch_loop", launch_loop)])
+def test_the_committed_reliability_record_is_the_scripts_rendering_of_the_committed_json(name: str, script):
+    """docs/reliability.md and docs/launch_loop.md are written from their JSON by their script, from a clean tree."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    results = json.loads((docs / f"{name}.json").read_text(encoding="utf-8"))
+    assert (docs / f"{name}.md").read_text(encoding="utf-8") == script.markdown(results)
+    assert len(results["commit"]) == 40 and results["dirty"] is False
+
+
+def test_the_reliability_rows_name_tests_that_exist():
+    """Each row of the record selects at least one test of the suite (a renamed test would empty a row)."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    rows = json.loads((docs / "reliability.json").read_text(encoding="utf-8"))["rows"]
+    assert [row["what"] for row in rows] == [row.what for row in reliability.ROWS]
+    assert all(row["tests"] > 0 and row["passed"] == row["tests"] for row in rows)

@@ -104,9 +104,10 @@ ROWS = [
     ),
     Row(
         "fault",
-        "a second `seq2seq train` on a run directory in use; a lock left by a killed run",
-        r"test_locks\.py::test_(a_held_lock|a_second_training)",
-        "one line naming the holder's pid; the dead holder's lock is taken over",
+        "a second `seq2seq train` on a run directory in use (also a new one); a lock left by a killed run "
+        "and its forked workers",
+        r"test_locks\.py::test_(a_held_lock|a_second_training|a_run_refused|a_killed_trainers)",
+        "one line naming the holder's pid, the holder's files untouched; a dead holder's lock is taken over at once",
     ),
     Row(
         "fault",
