@@ -182,32 +182,22 @@ def worker_pids(launcher_pid: int) -> dict[int, int]:
     return ranks
 
 
-def test_a_worker_killed_under_max_restarts_resumes_by_itself_to_the_uninterrupted_weights(
-    tmp_path: Path, uninterrupted: dict
-):
-    config = fault_config(tmp_path, "elastic")
-    run_dir = tmp_path / "elastic"
-    config_file = Path(write_yaml(tmp_path / "elastic.yaml", config))
-    folder = tmp_path / "launch-elastic"
-    launcher = (*STANDALONE, "--max-restarts", "1")
-    process = start_torchrun(folder, launcher, config_file)  # the same command for both attempts: no --resume
-    killed_at = None
+def kill_rank_mid_run(launches: list[tuple[Path, subprocess.Popen]], run_dir: Path, rank: int = 1) -> int:
+    """SIGKILL the training process of `rank` once last.pt exists and an update past it is done; its step."""
     deadline = time.monotonic() + 240
-    try:
-        while killed_at is None:
+    while True:
+        for folder, process in launches:
             assert process.poll() is None, launch_diagnosis(process.returncode, run_dir, folder)
-            assert time.monotonic() < deadline, launch_diagnosis(-1, run_dir, folder)
-            steps = [record["step"] for record in read_records(run_dir / "progress.jsonl")]
-            if (run_dir / "last.pt").is_file() and steps and steps[-1] > FAULT_VALIDATE_EVERY:
-                victim = worker_pids(process.pid)[1]
-                os.kill(victim, signal.SIGKILL)
-                killed_at = steps[-1]
-            time.sleep(0.01)
-    finally:
-        if killed_at is None:
-            process.kill()
-    finish_torchrun(process, folder, run_dir)
+        assert time.monotonic() < deadline, launch_diagnosis(-1, run_dir, launches[0][0])
+        steps = [record["step"] for record in read_records(run_dir / "progress.jsonl")]
+        if (run_dir / "last.pt").is_file() and steps and steps[-1] > FAULT_VALIDATE_EVERY:
+            victims = [worker_pids(process.pid).get(rank) for _, process in launches]
+            os.kill(next(pid for pid in victims if pid is not None), signal.SIGKILL)
+            return steps[-1]
+        time.sleep(0.01)
 
+
+def assert_resumed_to_the_uninterrupted_run(run_dir: Path, killed_at: int, uninterrupted: dict) -> None:
     assert FAULT_VALIDATE_EVERY < killed_at < FAULT_STEPS  # killed mid-run, with updates past last.pt lost
     log = (run_dir / "train.log").read_text()
     assert f"torchrun restarted the training processes: resuming from {run_dir / 'last.pt'}" in log
@@ -218,6 +208,58 @@ def test_a_worker_killed_under_max_restarts_resumes_by_itself_to_the_uninterrupt
         assert torch.equal(final["model"][name], tensor), name
     steps = [record["step"] for record in read_records(run_dir / "progress.jsonl")]
     assert steps == list(range(1, FAULT_STEPS + 1))  # the lost updates' records were dropped, then redone
+
+
+def test_a_worker_killed_under_max_restarts_resumes_by_itself_to_the_uninterrupted_weights(
+    tmp_path: Path, uninterrupted: dict
+):
+    config = fault_config(tmp_path, "elastic")
+    run_dir = tmp_path / "elastic"
+    config_file = Path(write_yaml(tmp_path / "elastic.yaml", config))
+    folder = tmp_path / "launch-elastic"
+    launcher = (*STANDALONE, "--max-restarts", "1")
+    process = start_torchrun(folder, launcher, config_file)  # the same command for both attempts: no --resume
+    try:
+        killed_at = kill_rank_mid_run([(folder, process)], run_dir)
+    finally:
+        if process.poll() is None and "killed_at" not in locals():
+            process.kill()
+    finish_torchrun(process, folder, run_dir)
+    assert_resumed_to_the_uninterrupted_run(run_dir, killed_at, uninterrupted)
+
+
+def test_two_nodes_restart_after_a_worker_is_killed(tmp_path: Path, uninterrupted: dict):
+    config = fault_config(tmp_path, "nodes-elastic")
+    run_dir = tmp_path / "nodes-elastic"
+    config_file = Path(write_yaml(tmp_path / "nodes-elastic.yaml", config))
+    launcher = two_nodes_launcher("two-nodes-elastic") + ("--max-restarts", "1")
+    nodes = [(tmp_path / f"node-{n}", start_torchrun(tmp_path / f"node-{n}", launcher, config_file)) for n in (0, 1)]
+    try:
+        killed_at = kill_rank_mid_run(nodes, run_dir)
+    finally:
+        if "killed_at" not in locals():
+            for _, process in nodes:
+                process.kill()
+    for folder, process in nodes:
+        finish_torchrun(process, folder, run_dir)
+    assert_resumed_to_the_uninterrupted_run(run_dir, killed_at, uninterrupted)
+
+
+def two_nodes_launcher(run_id: str) -> tuple[str, ...]:
+    """torchrun's flags for one of two nodes meeting by c10d rendezvous on a free port of 127.0.0.1."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    return (
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        run_id,
+    )
 
 
 def free_port() -> int:
@@ -231,9 +273,7 @@ def test_two_nodes_with_c10d_rendezvous_end_with_the_weights_of_one_launch_of_tw
 ):
     config = fault_config(tmp_path, "nodes")
     config_file = Path(write_yaml(tmp_path / "nodes.yaml", config))
-    endpoint = f"127.0.0.1:{free_port()}"
-    launcher = ("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint)
-    launcher += ("--rdzv-id", "two-nodes")
+    launcher = two_nodes_launcher("two-nodes")
     nodes = [(tmp_path / f"node-{n}", start_torchrun(tmp_path / f"node-{n}", launcher, config_file)) for n in (0, 1)]
     for folder, process in nodes:
         finish_torchrun(process, folder, tmp_path / "nodes")

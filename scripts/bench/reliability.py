@@ -74,8 +74,8 @@ ROWS = [
     ),
     Row(
         "fault",
-        "torchrun `--max-restarts 1`, one worker killed with `kill -9`",
-        r"test_distributed\.py::test_a_worker_killed",
+        "torchrun `--max-restarts 1`, one worker killed with `kill -9` (one node; two nodes)",
+        r"test_distributed\.py::test_(a_worker_killed|two_nodes_restart)",
         "the restarted group resumes from last.pt by itself; bitwise the uninterrupted weights",
     ),
     Row(
