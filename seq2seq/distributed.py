@@ -26,6 +26,7 @@ class ProcessGroup:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    attempt: int = 0  # 0, then 1, 2, ... each time torchrun restarts the processes (--max-restarts)
 
     @property
     def is_main(self) -> bool:
@@ -53,21 +54,26 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, store=_attempt_store(), rank=rank, world_size=world_size)
+        store, attempt = _attempt_store(world_size)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+        return ProcessGroup(world_size, rank, local_rank, attempt), device
     return ProcessGroup(world_size, rank, local_rank), device
 
 
-def _attempt_store() -> dist.Store:
-    """The launcher's key-value store, under a prefix of its own for each torchrun attempt.
+def _attempt_store(world_size: int) -> tuple[dist.Store, int]:
+    """The launcher's key-value store, under a prefix of its own for this attempt, and the attempt's number.
 
-    After `torchrun --max-restarts` restarts the workers, they meet in the store the first attempt
+    After `torchrun --max-restarts` restarts the workers, they meet in the store the earlier attempt
     used, where the dead workers' addresses are still written: without a fresh prefix, gloo connects
     to an address that refuses ("Gloo connectFullMesh failed ... Connection refused") and the
-    restart fails as well.
+    restart fails as well. The attempt is counted in the store itself, as every process of every
+    attempt joins once: torchrun's own TORCHELASTIC_RESTART_COUNT is not raised on the nodes whose
+    processes did not fail, so across nodes it does not agree.
     """
     store, _, _ = next(dist.rendezvous("env://"))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"seq2seq/attempt-{attempt}", store)
+    joined = store.add("seq2seq/processes-joined", 1)  # 1, 2, ... over the launch's whole life
+    attempt = (joined - 1) // world_size
+    return dist.PrefixStore(f"seq2seq/attempt-{attempt}", store), attempt
 
 
 def barrier(group: ProcessGroup) -> None:

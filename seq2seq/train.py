@@ -441,7 +441,7 @@ def prepared_run(
     try:
         check_precision(device, config.train.precision, "train.precision")  # before any work
         with run_dir.locked() if group.is_main else contextlib.nullcontext():  # one writer per run directory
-            restarted = not resume and _restarted_by_torchrun(run_dir)
+            restarted = not resume and _restarted_by_torchrun(run_dir, group)
             resume = resume or restarted
             run_dir.check_can_start(resume, force)
             if config.train.tensorboard:
@@ -460,14 +460,16 @@ def prepared_run(
         shutdown(group)
 
 
-def _restarted_by_torchrun(run_dir: RunDir) -> bool:
+def _restarted_by_torchrun(run_dir: RunDir, group: ProcessGroup) -> bool:
     """True when torchrun restarted the workers (`--max-restarts`) and the run has a resume point.
 
     The restarted group runs the same command line, without --resume: it continues from last.pt by
-    itself, which gives the weights of an uninterrupted run.
+    itself, which gives the weights of an uninterrupted run. Every process agrees: the attempt is
+    counted in torchrun's store (seq2seq.distributed), or else by torchrun's restart count.
     """
     restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return restarts.isdigit() and int(restarts) > 0 and run_dir.last.is_file()
+    restarted = group.attempt > 0 or (restarts.isdigit() and int(restarts) > 0)
+    return restarted and run_dir.last.is_file()
 
 
 def _read_resume_point(run_dir: RunDir, config: Config, force: bool) -> TrainingCheckpoint:
