@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -266,3 +267,49 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen, stderr:
             process.wait()
             pytest.fail(f"no {what} after {timeout} s:\n{stderr.read_text()}")
         time.sleep(0.005)
+
+
+# --- torchrun launches (tests/test_distributed.py and scripts/bench/launch_loop.py) -----------------------
+
+STANDALONE = ("--standalone", "--nproc_per_node", "2")  # one launch of two processes
+
+
+def two_process_config(directory: Path, run: str) -> dict:
+    """The toy run two torchrun processes train: six updates, two validations."""
+    config = make_toy_config(directory, write_toy_corpus(directory, count=60))
+    config["model"]["dropout"] = 0.0  # dropout masks differ per process: leave them out of the comparison
+    config["train"].update(run_dir=str(directory / run), max_steps=6, validate_every=3, batch_tokens=60, seed=5)
+    return config
+
+
+def start_torchrun(folder: Path, launcher: tuple[str, ...], config_file: Path, *extra: str) -> subprocess.Popen:
+    """`torchrun LAUNCHER -m seq2seq train CONFIG EXTRA` in the background, with its evidence kept for a failure:
+    faulthandler's Python stacks and torch's C++ stacks in `folder`/stdout and stderr, core dumps in `folder`."""
+    folder.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher]
+    command += ["-m", "seq2seq", "train", str(config_file), *extra]
+    with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=folder,  # core files land here (core_pattern "core")
+            preexec_fn=_allow_core_dumps,  # noqa: PLW1509 (only sets a resource limit before exec)
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+
+
+def _allow_core_dumps() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def core_backtrace(core: Path) -> str:
+    """gdb's backtrace of every thread in a core file (or how to get one where gdb is missing)."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return "(gdb is not installed: apt-get install gdb, then gdb -batch -ex 'thread apply all bt' python CORE)"
+    command = [gdb, "-batch", "-ex", "thread apply all bt", sys.executable, str(core)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return result.stdout[-20000:] + result.stderr[-2000:]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,20 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_toy_config, write_toy_corpus, write_yaml
+from helpers import STANDALONE, core_backtrace, start_torchrun, two_process_config, write_yaml
 
 from seq2seq.config import config_from_dict
 from seq2seq.rundir import read_records
 from seq2seq.train import train
 
 pytestmark = pytest.mark.slow  # each test launches torchrun: two training processes
-
-
-def two_process_config(tmp_path: Path, run: str) -> dict:
-    config = make_toy_config(tmp_path, write_toy_corpus(tmp_path, count=60))
-    config["model"]["dropout"] = 0.0  # dropout masks differ per process: leave them out of the comparison
-    config["train"].update(run_dir=str(tmp_path / run), max_steps=6, validate_every=3, batch_tokens=60, seed=5)
-    return config
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
@@ -60,9 +51,6 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert ddp_losses == pytest.approx(single_losses, rel=1e-2)
 
 
-STANDALONE = ("--standalone", "--nproc_per_node", "2")  # one launch of two processes
-
-
 def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
     """Launch two training processes; a failed launch is never retried, it fails with its diagnosis.
 
@@ -79,24 +67,6 @@ def run_torchrun(config: dict, config_file: Path, *extra: str) -> None:
     finish_torchrun(process, folder, Path(config["train"]["run_dir"]))
 
 
-def start_torchrun(folder: Path, launcher: tuple[str, ...], config_file: Path, *extra: str) -> subprocess.Popen:
-    """`torchrun LAUNCHER -m seq2seq train CONFIG EXTRA` in the background; its output goes to files in `folder`."""
-    folder.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", *launcher]
-    command += ["-m", "seq2seq", "train", str(config_file), *extra]
-    with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
-        return subprocess.Popen(
-            command,
-            env=env,
-            cwd=folder,  # core files land here (core_pattern "core")
-            preexec_fn=_allow_core_dumps,  # noqa: PLW1509 (only sets a resource limit before exec)
-            stdout=stdout,
-            stderr=stderr,
-            text=True,
-        )
-
-
 def finish_torchrun(process: subprocess.Popen, folder: Path, run_dir: Path, timeout: float = 300) -> None:
     """Wait for a launch; a failure (or a hang) reports everything it left."""
     try:
@@ -107,10 +77,6 @@ def finish_torchrun(process: subprocess.Popen, folder: Path, run_dir: Path, time
     assert process.returncode == 0, launch_diagnosis(process.returncode, run_dir, folder)
 
 
-def _allow_core_dumps() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-
 def launch_diagnosis(status: int, run_dir: Path, folder: Path) -> str:
     """Everything a failed launch left: exit status, output (with faulthandler's stacks), log, C++ backtraces."""
     parts = [f"torchrun exited with {status}"]
@@ -119,17 +85,8 @@ def launch_diagnosis(status: int, run_dir: Path, folder: Path) -> str:
     log = run_dir / "train.log"
     parts += ["--- train.log ---", log.read_text(encoding="utf-8") if log.is_file() else "(none)"]
     for core in sorted(folder.glob("core*")):
-        parts += [f"--- gdb backtrace of {core} ---", _backtrace(core)]
+        parts += [f"--- gdb backtrace of {core} ---", core_backtrace(core)]
     return "\n".join(parts)
-
-
-def _backtrace(core: Path) -> str:
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        return "(gdb is not installed: apt-get install gdb, then gdb -batch -ex 'thread apply all bt' python CORE)"
-    command = [gdb, "-batch", "-ex", "thread apply all bt", sys.executable, str(core)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    return result.stdout[-20000:] + result.stderr[-2000:]
 
 
 def test_two_process_resume_equals_an_uninterrupted_two_process_run(tmp_path: Path):

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,56 +28,29 @@ import experiments
 from experiments import ROOT, log
 
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import make_toy_config, write_toy_corpus, write_yaml
+from helpers import STANDALONE, core_backtrace, start_torchrun, two_process_config, write_yaml
 
 ABORT = "terminate called"
 
 
-def launch_config(directory: Path) -> Path:
-    """The two-process toy run of tests/test_distributed.py, written as a config file."""
-    config = make_toy_config(directory, write_toy_corpus(directory, count=60))
-    config["model"]["dropout"] = 0.0
-    config["train"].update(run_dir=str(directory / "run"), max_steps=6, validate_every=3, batch_tokens=60, seed=5)
-    return Path(write_yaml(directory / "config.yaml", config))
-
-
-def _allow_core_dumps() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-
 def one_launch(directory: Path) -> dict:
-    """One `torchrun --nproc_per_node 2 -m seq2seq train`; its status, time and, if it failed, its evidence."""
-    config = launch_config(directory)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "seq2seq", "train", str(config)]
+    """One `torchrun --nproc_per_node 2 -m seq2seq train` of the suite's toy run; its status, time and, if it
+    failed, its evidence (output, gdb's backtraces of its core files)."""
+    config = Path(write_yaml(directory / "config.yaml", two_process_config(directory, "run")))
+    folder = directory / "launch"
     started = time.monotonic()
-    finished = subprocess.run(
-        command,
-        env=env,
-        cwd=directory,
-        preexec_fn=_allow_core_dumps,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    result = {"status": finished.returncode, "seconds": round(time.monotonic() - started, 2)}
-    output = finished.stdout + finished.stderr
+    process = start_torchrun(folder, STANDALONE, config)
+    try:
+        status = process.wait(timeout=600)
+    finally:
+        process.kill()  # a no-op once it has exited
+    result = {"status": status, "seconds": round(time.monotonic() - started, 2)}
+    output = "".join((folder / name).read_text(encoding="utf-8", errors="replace") for name in ("stdout", "stderr"))
     result["abort"] = ABORT in output
-    if finished.returncode != 0:
+    if status != 0:
         result["output_tail"] = output[-6000:]
-        result["backtraces"] = [backtrace(core) for core in sorted(directory.glob("core*"))]
+        result["backtraces"] = [core_backtrace(core)[-8000:] for core in sorted(folder.glob("core*"))]
     return result
-
-
-def backtrace(core: Path) -> str:
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        return f"{core.name}: gdb is not installed"
-    command = [gdb, "-batch", "-ex", "thread apply all bt", sys.executable, str(core)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    return result.stdout[-8000:]
 
 
 class SuiteLoad:
