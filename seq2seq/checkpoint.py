@@ -15,7 +15,6 @@ Every payload key is spelled in this module and nowhere else.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import warnings
 import zipfile
@@ -32,6 +31,7 @@ from seq2seq.config import Config, config_from_dict, migrate_keys
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.tokenizer import Tokenizer
+from seq2seq.writing import atomic_file
 
 FORMAT_VERSION = 4
 KIND = "seq2seq-checkpoint"
@@ -40,24 +40,14 @@ KIND = "seq2seq-checkpoint"
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write `payload` to `path` atomically: a temporary file, flushed to disk, then renamed."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
     payload = {"kind": KIND, "format_version": FORMAT_VERSION, **payload}
     writer = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as handle:
+        with atomic_file(path) as handle:  # a second Ctrl-C included, a failure leaves no temporary file
             writer = _WriteErrors(handle)
             torch.save(payload, cast(IO[bytes], writer))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException as exc:  # a second Ctrl-C included: no temporary file is left behind
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if not isinstance(exc, (OSError, RuntimeError)):  # torch.save turns a failed write into a RuntimeError
-            raise
+    except (OSError, RuntimeError) as exc:  # torch.save turns a failed write into a RuntimeError
         cause = writer.error if writer is not None and writer.error is not None else exc
         reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[0]
         raise UserError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is kept") from None

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-from seq2seq.writing import write_error
+from seq2seq.writing import atomic_file, write_error
 
 
 def plot_training_curves(progress: list[dict], metrics: list[dict], path: Path, title: str) -> Path:
@@ -40,12 +40,10 @@ def plot_training_curves(progress: list[dict], metrics: list[dict], path: Path, 
     figure.suptitle(f"Training curves: {title}")
     figure.tight_layout()
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
     try:
-        figure.savefig(temporary, dpi=90)
-        temporary.replace(path)
+        with atomic_file(path) as handle:
+            figure.savefig(handle, format="png", dpi=90)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise write_error(path, exc, "the previous curves are kept") from None
     finally:
         plt.close(figure)

@@ -1,7 +1,7 @@
 """Writing files so that a failure (a full disk, a bad path) is one clear line and leaves nothing half-written.
 
 - `make_directory`: a directory a setting names, or one line saying why it cannot be made;
-- `write_atomically`: a temporary file, flushed, then renamed over the old one;
+- `atomic_file` / `write_atomically`: a temporary file, flushed, then renamed over the old one;
 - `append_line`: one line added to a records file, or, if the write fails, the file cut back to
   what it held before (a JSON-lines file never keeps half a record).
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from seq2seq.errors import UserError
 
@@ -33,17 +35,31 @@ def write_error(path: Path, exc: OSError, kept: str) -> UserError:
     return UserError(f"could not write {path}: {reason}; {kept}{hint}")
 
 
-def write_atomically(path: Path, data: str | bytes) -> None:
-    """Replace `path` with `data` (text is written as UTF-8) whole, or leave it as it was (a UserError on failure)."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes replace `path` when the block ends (flushed to disk first, then renamed).
+
+    If the block fails (an error, a full disk, a Ctrl-C), the temporary file is removed, the exception goes
+    on, and `path` is as it was. Callers turn an OSError into their own one-line message.
+    """
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except OSError as exc:
+    except BaseException:
         _remove_quietly(temporary)
+        raise
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Replace `path` with `data` (text is written as UTF-8) whole, or leave it as it was (a UserError on failure)."""
+    try:
+        with atomic_file(path) as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    except OSError as exc:
         raise write_error(path, exc, "the previous file is kept") from None
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import NOT_A_CHECKPOINT
 
-from seq2seq import checkpoint
+from seq2seq import checkpoint, writing
 from seq2seq.checkpoint import (
     FORMAT_VERSION,
     KIND,
@@ -181,7 +181,7 @@ def test_unwritable_directory_is_a_user_error(tmp_path: Path, monkeypatch):
     def refuse(file, mode="r", *args, **kwargs):  # what open() does in a read-only directory (tests run as root)
         raise PermissionError(errno.EACCES, "Permission denied", str(file))
 
-    monkeypatch.setattr(checkpoint, "open", refuse, raising=False)
+    monkeypatch.setattr(writing, "open", refuse, raising=False)  # save_checkpoint writes with it
     with pytest.raises(UserError, match=r"could not write checkpoint .*last\.pt: Permission denied"):
         save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
@@ -221,7 +221,7 @@ def test_disk_full_mid_write_is_a_user_error_and_cleans_up(tmp_path: Path, monke
     path = tmp_path / "last.pt"
     save_checkpoint({"step": 1}, path)
     before = path.read_bytes()
-    monkeypatch.setattr(checkpoint, "open", DiskFullFile, raising=False)
+    monkeypatch.setattr(writing, "open", DiskFullFile, raising=False)  # save_checkpoint writes with it
     try:
         with pytest.raises(
             UserError,
