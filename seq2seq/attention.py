@@ -143,8 +143,16 @@ class AdditiveAttention(Attention):
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
         projected = self.query_layer(query)  # [B, Tq, Hq]
         if query.is_cuda:  # a GPU takes the [B, Tq, Ts, Hq] tensor in its stride
-            hidden = torch.tanh(projected[:, :, None, :] + keys[:, None, :, :])  # [B, Tq, Ts, Hq]
-            return self.energy_layer(hidden).squeeze(-1)  # [B, Tq, Ts]
+            return self.plain_scores(projected, keys)
+        return self.stepwise_scores(projected, keys)
+
+    def plain_scores(self, projected: Tensor, keys: Tensor) -> Tensor:
+        """The GPU's formula: v . tanh(W q + U k) through one [B, Tq, Ts, Hq] tensor (runs on any device)."""
+        hidden = torch.tanh(projected[:, :, None, :] + keys[:, None, :, :])  # [B, Tq, Ts, Hq]
+        return self.energy_layer(hidden).squeeze(-1)  # [B, Tq, Ts]
+
+    def stepwise_scores(self, projected: Tensor, keys: Tensor) -> Tensor:
+        """The CPU's formula: the same scores one query step at a time (`AdditiveScores`)."""
         return AdditiveScores.apply(projected, keys, self.energy_layer.weight[0])
 
 

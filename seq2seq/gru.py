@@ -18,8 +18,10 @@ all steps; dW_ih likewise falls out of autograd as one matmul over the input pro
 Variable lengths (the encoder's padded batches) are handled without packing: a step beyond a
 sentence's end leaves its state unchanged, so the final state is the state at the last real
 token, and the backward direction reads each sentence reversed within its own length.
-On CUDA, cuDNN's fused kernels are faster than any Python loop, so `forward` hands over to
-`nn.GRU` there.
+On CUDA, cuDNN's fused kernels are faster than any Python loop, so `forward` hands over to torch's
+GRU kernel there (`_forward_fused`), one layer at a time so that it computes what the CPU path does:
+the state in full precision under autocast, dropout between layers from torch's generator, empty
+sentences allowed. tests/test_gpu_path.py checks the two paths against each other on the CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -175,10 +177,47 @@ class GRU(nn.GRU):
         return states
 
     def _forward_fused(self, x: Tensor, h0: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """nn.GRU's own (cuDNN) implementation, packing the batch when lengths are given."""
+        """nn.GRU's own kernels (cuDNN on a GPU), one layer at a time, computing what the CPU path computes.
+
+        - The recurrence runs in the weights' dtype even under autocast (cuDNN's autocast wrapper would run
+          it in float16, even under bf16 autocast, where no gradient scaler guards it).
+        - Dropout between layers is drawn by F.dropout from torch's generator, which checkpoints save;
+          cuDNN's own dropout state is not saved, so a resumed run would draw other masks.
+        - An empty sentence (length 0) keeps h0 and has zero outputs; packing would refuse it.
+        """
+        directions = 2 if self.bidirectional else 1
+        dtype = cast(Tensor, self.weight_hh_l0).dtype
+        if h0 is None:
+            h0 = x.new_zeros(self.num_layers * directions, x.size(0), self.hidden_size, dtype=dtype)
+        h0 = h0.to(dtype)
+        finals = []
+        with torch.autocast(x.device.type, enabled=False):
+            layer_input = x.to(dtype)
+            for layer in range(self.num_layers):
+                if layer > 0 and self.dropout > 0:
+                    layer_input = F.dropout(layer_input, self.dropout, self.training)
+                weights = self._flat_weights[layer * 4 * directions : (layer + 1) * 4 * directions]
+                hx = h0[layer * directions : (layer + 1) * directions]  # [D, B, H]
+                layer_input, final = self._fused_layer(layer_input, hx, weights, lengths)
+                finals.append(final)
+        return layer_input, torch.cat(finals)
+
+    def _fused_layer(self, x: Tensor, hx: Tensor, weights: list, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One layer through torch's GRU kernel: outputs [B, T, D*H] (zeros past each length), finals [D, B, H]."""
+        gru = torch._VF.gru  # the kernel behind nn.GRU (cuDNN on a GPU)
         if lengths is None:
-            return super().forward(x, h0)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_out, final = super().forward(packed, h0)
+            outputs, final = gru(x, hx, weights, True, 1, 0.0, self.training, self.bidirectional, True)
+            return outputs, final
+        lengths = lengths.to(x.device)
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        sorted_hx = hx.index_select(1, cast(Tensor, packed.sorted_indices))
+        data, final = gru(
+            packed.data, packed.batch_sizes, sorted_hx, weights, True, 1, 0.0, self.training, self.bidirectional
+        )
+        final = final.index_select(1, cast(Tensor, packed.unsorted_indices))
+        packed_out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.size(1))
+        real = lengths > 0  # [B]: an empty sentence keeps h0 and has no outputs
+        outputs = outputs * real[:, None, None].to(outputs.dtype)
+        final = torch.where(real[None, :, None], final, hx)
         return outputs, final
