@@ -48,9 +48,13 @@ class GRURecurrence(torch.autograd.Function):
         states = gates_x.new_empty(steps, *h0.shape)  # [T, B, H]
         training = any(ctx.needs_input_grad)
         saved = gates_x.new_empty(4, steps, *h0.shape) if training else None  # r, z, n, gh_n for backward
+        ctx.autocast = _autocast_state(gates_x.device.type)
+        # Under autocast the recurrent weight is cast once here, not at every step (autocast's weight cache
+        # does not see a transposed view made inside an autograd function: 136 casts a step on the quickstart).
+        w_hh_t, b_hh_cast = _matmul_operand(w_hh.t(), ctx.autocast), _matmul_operand(b_hh, ctx.autocast)
         h = h0
         for t in range(steps):
-            gates_h = torch.addmm(b_hh, h, w_hh.t()).to(gates_x.dtype)  # [B, 3H]
+            gates_h = torch.addmm(b_hh_cast, h, w_hh_t).to(gates_x.dtype)  # [B, 3H]
             gx_r, gx_z, gx_n = gates_x[t].split(hidden, dim=1)
             gh_r, gh_z, gh_n = gates_h.split(hidden, dim=1)
             r = torch.sigmoid(gx_r + gh_r)
@@ -64,7 +68,6 @@ class GRURecurrence(torch.autograd.Function):
                 saved[0, t], saved[1, t], saved[2, t], saved[3, t] = r, z, n, gh_n
             h = new_h
         ctx.save_for_backward(states, h0, w_hh, keep, saved)
-        ctx.autocast = _autocast_state(gates_x.device.type)
         return states
 
     @staticmethod
@@ -76,6 +79,7 @@ class GRURecurrence(torch.autograd.Function):
         grad_gates_x = states.new_empty(steps, states.size(1), 3 * hidden)  # [T, B, 3H]
         grad_gates_h = torch.empty_like(grad_gates_x)
         grad_h = torch.zeros_like(h0)  # gradient flowing back into the state after step t
+        w_hh_step = _matmul_operand(w_hh, ctx.autocast)  # cast once, not at every step
         with torch.autocast(states.device.type, **ctx.autocast):
             for t in reversed(range(steps)):
                 grad_h = grad_h + grad_states[t]
@@ -88,7 +92,7 @@ class GRURecurrence(torch.autograd.Function):
                 grad_r = grad_n * gh_n * r * (1.0 - r)
                 grad_gates_x[t] = torch.cat([grad_r, grad_z, grad_n], dim=1)
                 grad_gates_h[t] = torch.cat([grad_r, grad_z, grad_n * r], dim=1)
-                grad_h = grad_h * z + torch.mm(grad_gates_h[t], w_hh).to(grad_h.dtype)
+                grad_h = grad_h * z + torch.mm(grad_gates_h[t], w_hh_step).to(grad_h.dtype)
                 if keep is not None:
                     grad_h = grad_h + grad_carried
             # The recurrent weight's gradient over all steps at once: [3H, T*B] @ [T*B, H].
@@ -102,6 +106,11 @@ def _autocast_state(device_type: str) -> dict:
     if not torch.is_autocast_enabled(device_type):
         return {"enabled": False}
     return {"enabled": True, "dtype": torch.get_autocast_dtype(device_type)}
+
+
+def _matmul_operand(weight: Tensor, autocast: dict) -> Tensor:
+    """`weight` in the dtype autocast would give it in a matmul (itself when autocast is off)."""
+    return weight.to(autocast["dtype"]) if autocast["enabled"] else weight
 
 
 def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:

@@ -101,6 +101,33 @@ def test_bf16_autocast_keeps_the_state_in_fp32_and_stays_close():
     assert outputs.dtype == torch.float32 and final.dtype == torch.float32
 
 
+def test_under_autocast_the_recurrent_weight_is_cast_once_per_pass_not_once_per_step():
+    """bf16 training cast W_hh at every step (autocast's weight cache misses a view made in an autograd function):
+    the casts of [H, 3H]- and [3H, H]-shaped tensors must not grow with the number of steps."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountWeightCasts(TorchDispatchMode):
+        def __init__(self, shapes):
+            super().__init__()
+            self.shapes, self.casts = shapes, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) in self.shapes:
+                self.casts += 1
+            return func(*args, **(kwargs or {}))
+
+    gru = GRU(5, 7).float()
+    shapes = {(7, 21), (21, 7)}
+    counts = []
+    for steps in (3, 12):
+        x = torch.randn(4, steps, 5)
+        with CountWeightCasts(shapes) as counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs, _ = gru(x)
+            outputs.sum().backward()
+        counts.append(counter.casts)
+    assert counts[0] == counts[1] and counts[0] <= 3, counts
+
+
 def test_reverse_within_lengths_reverses_real_steps_and_is_its_own_inverse():
     x = torch.arange(4 * 6).view(4, 6)
     reversed_x = reverse_within_lengths(x, LENGTHS)
