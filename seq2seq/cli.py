@@ -90,7 +90,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     decode = _decode_overrides(args)
     report = evaluate(
-        args.checkpoint, args.split, args.src, args.ref, decode, args.output, args.report, args.device, args.weights
+        args.checkpoint,
+        args.split,
+        args.src,
+        args.ref,
+        decode,
+        args.output,
+        args.report,
+        args.device,
+        args.weights,
+        args.quantize,
     )
     print(report["bleu_text"])
     print(f"  signature: {report['bleu_signature']}")
@@ -106,7 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _translate(args: argparse.Namespace) -> int:
     from seq2seq.translate import Translator, interactive, translate_batch
 
-    translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights)
+    translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights, args.quantize)
     if args.input is None and sys.stdin.isatty():
         png_dir = Path(args.attention_png) if args.attention_png else None
         interactive(translator, show_attention=not args.no_attention, attention_png=png_dir)
@@ -163,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServeLimits)})
     limits.check()
     api_key = _api_key(args.api_key, os.environ.get("SEQ2SEQ_API_KEY"))
-    translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights)
+    translator = Translator(args.checkpoint, _decode_overrides(args), args.device, args.weights, args.quantize)
     serve(translator, args.host, args.port, limits, api_key, access_log=not args.no_access_log)
     return 0
 
@@ -249,6 +258,19 @@ def _add_decode_arguments(parser: argparse.ArgumentParser, names: Sequence[str])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
+def _add_quantize(parser: argparse.ArgumentParser) -> None:
+    """--quantize, for the commands that decode (seq2seq/quantize.py)."""
+    from seq2seq.quantize import QUANTIZE_MODES
+
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default=QUANTIZE_MODES[0],
+        help="int8: dynamic int8 quantization of the linear layers and GRUs for decoding on the CPU (faster; "
+        "scores move slightly, so a translation can change); CPU only, with --precision fp32 (default: none)",
+    )
+
+
 def _add_train(commands: Any) -> None:
     train = commands.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
@@ -274,6 +296,7 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument("--output", help="hypotheses file (default: beside the checkpoint)")
     evaluate.add_argument("--report", help="JSON report (default: the hypotheses file with .json)")
     _add_decode_arguments(evaluate, SEARCH_OPTIONS + SAMPLING_OPTIONS)
+    _add_quantize(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -286,6 +309,7 @@ def _add_translate(commands: Any) -> None:
     translate.add_argument("--attention-png", metavar="DIR", help="interactive: save each attention heatmap as a PNG")
     translate.add_argument("--no-attention", action="store_true", help="interactive: do not print the heatmap")
     _add_decode_arguments(translate, SEARCH_OPTIONS + ("n_best",) + SAMPLING_OPTIONS)
+    _add_quantize(translate)
     translate.set_defaults(func=_translate)
 
 
@@ -330,6 +354,7 @@ def _add_serve(commands: Any) -> None:
         default = getattr(limits, name)
         serve.add_argument(flag(name), type=type(default), default=default, help=f"{text} (default {default})")
     _add_decode_arguments(serve, SEARCH_OPTIONS + ("n_best",) + SAMPLING_OPTIONS)
+    _add_quantize(serve)
     serve.set_defaults(func=_serve)
 
 

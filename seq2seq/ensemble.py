@@ -22,6 +22,7 @@ from seq2seq.config import Config
 from seq2seq.decoder import DecoderState, Memory
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
+from seq2seq.quantize import quantize_for_decoding
 from seq2seq.tokenizer import PAD_ID, Tokenizer
 
 
@@ -123,12 +124,19 @@ class LoadedEnsemble:
     steps: list[int | None]
     paths: list[Path] = field(default_factory=list)
     members: list[Trained] = field(default_factory=list)  # each checkpoint as loaded (its record: run, best_bleu)
+    parameters: int = 0  # of all the models, counted before any quantization (which packs weights away)
 
 
 def load_ensemble(
-    paths: str | Path | Sequence[str | Path], device: str | torch.device = "cpu", weights: Sequence[float] | None = None
+    paths: str | Path | Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    weights: Sequence[float] | None = None,
+    quantize: str = "none",
 ) -> LoadedEnsemble:
-    """Load one or more checkpoints; they must share the SentencePiece models and the languages."""
+    """Load one or more checkpoints; they must share the SentencePiece models and the languages.
+
+    `quantize` 'int8' quantizes each model for decoding on the CPU (seq2seq/quantize.py; the device must be the CPU).
+    """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not paths:
         raise UserError("give at least one checkpoint")
@@ -141,6 +149,7 @@ def load_ensemble(
         languages = (trained.config.data.src_lang, trained.config.data.tgt_lang)
         if languages != (first.config.data.src_lang, first.config.data.tgt_lang):
             raise UserError(f"{paths[0]} and {path} translate different languages: they cannot decode together")
-    ensemble = Ensemble([trained.model for trained in loaded], weights)
+    parameters = sum(p.numel() for trained in loaded for p in trained.model.parameters())
+    ensemble = Ensemble([quantize_for_decoding(trained.model, quantize) for trained in loaded], weights)
     steps = [trained.step for trained in loaded]
-    return LoadedEnsemble(ensemble, first.tokenizer, first.config, steps, [Path(p) for p in paths], loaded)
+    return LoadedEnsemble(ensemble, first.tokenizer, first.config, steps, [Path(p) for p in paths], loaded, parameters)

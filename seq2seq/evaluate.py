@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from seq2seq.config import Config, DecodeConfig, decode_with
 from seq2seq.data import read_parallel, read_parallel_files
-from seq2seq.device import check_precision, resolve_device
+from seq2seq.device import check_precision
 from seq2seq.ensemble import load_ensemble
 from seq2seq.errors import UserError
 from seq2seq.metrics import bleu, chrf
+from seq2seq.quantize import check_quantize_precision, decoding_device
 from seq2seq.search import decode_lines
 
 log = logging.getLogger(__name__)
@@ -47,20 +48,23 @@ def evaluate(
     report: str | None = None,
     device: str = "auto",
     weights: Sequence[float] | None = None,
+    quantize: str = "none",
 ) -> dict:
     """Translate a test set with checkpoint(s) (several: an ensemble); write hypotheses and a JSON report; return it.
 
-    `decode` overrides the (first) checkpoint's decode section (e.g. {"beam": 1}).
+    `decode` overrides the (first) checkpoint's decode section (e.g. {"beam": 1}); `quantize` 'int8' decodes
+    with int8 models on the CPU (seq2seq/quantize.py).
     """
     checkpoints = [str(checkpoint)] if isinstance(checkpoint, (str, Path)) else [str(c) for c in checkpoint]
-    torch_device = resolve_device(device)
-    loaded = load_ensemble(checkpoints, torch_device, weights)
+    torch_device = decoding_device(device, quantize)
+    loaded = load_ensemble(checkpoints, torch_device, weights, quantize)
     options = dataclasses.replace(decode_with(loaded.config.decode, decode), n_best=1)  # only the best is scored
+    check_quantize_precision(quantize, options.precision, "--precision")
     check_precision(torch_device, options.precision, "--precision")
     src_lines, ref_lines, name = test_files(loaded.config, split, src, ref)
     if not src_lines:
         raise UserError(f"the test set '{name}' is empty: give files with at least one line")
-    output_path, report_path = _output_paths(checkpoints, name, options, output, report)
+    output_path, report_path = _output_paths(checkpoints, name, options, quantize, output, report)
     started = time.perf_counter()
     with tqdm(total=len(src_lines), unit="sent", desc="translating", disable=None) as bar:
         hypotheses = decode_lines(loaded.ensemble, loaded.tokenizer, src_lines, torch_device, options, bar)
@@ -78,6 +82,7 @@ def evaluate(
         "seconds": round(seconds, 2),
         "sentences_per_s": round(len(src_lines) / seconds, 2) if seconds else None,
         "device": str(torch_device),
+        "quantize": quantize,
         "hypotheses": str(output_path),
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,14 +92,16 @@ def evaluate(
 
 
 def _output_paths(
-    checkpoints: list[str], name: str, options: DecodeConfig, output: str | None, report: str | None
+    checkpoints: list[str], name: str, options: DecodeConfig, quantize: str, output: str | None, report: str | None
 ) -> tuple[Path, Path]:
     """Hypotheses and report files: as given, or beside the (first) checkpoint, e.g. best.test.beam5.hyp / .json
-    (best.ensemble3.test.beam5.hyp for an ensemble of three, best.test.sample7.hyp when sampling with seed 7)."""
+    (best.ensemble3.test.beam5.hyp for an ensemble of three, best.test.sample7.hyp when sampling with seed 7,
+    best.test.beam5.int8.hyp with --quantize int8)."""
     search = f"sample{options.seed}" if options.sample else f"beam{options.beam}" if options.beam > 1 else "greedy"
     first = Path(checkpoints[0])
     ensemble = f".ensemble{len(checkpoints)}" if len(checkpoints) > 1 else ""
-    output_path = Path(output) if output else first.with_name(f"{first.stem}{ensemble}.{name}.{search}.hyp")
+    quantized = "" if quantize == "none" else f".{quantize}"
+    output_path = Path(output) if output else first.with_name(f"{first.stem}{ensemble}.{name}.{search}{quantized}.hyp")
     return output_path, Path(report) if report else output_path.with_suffix(".json")
 
 

@@ -48,6 +48,7 @@ from seq2seq.batching import DynamicBatcher
 from seq2seq.config import ConfigError, DecodeConfig, ServeLimits, config_to_dict, decode_with
 from seq2seq.device import check_precision
 from seq2seq.errors import UserError
+from seq2seq.quantize import check_quantize_precision
 from seq2seq.runinfo import package_version
 from seq2seq.score import Scored
 from seq2seq.search import rows_per_sentence
@@ -154,12 +155,18 @@ def decoding_limits(limits: ServeLimits) -> list[tuple[str, float, str]]:
 
 
 def request_decoding(
-    request: DecodeOptions, base: DecodeConfig, limits: ServeLimits, device: torch.device | str = "cpu"
+    request: DecodeOptions,
+    base: DecodeConfig,
+    limits: ServeLimits,
+    device: torch.device | str = "cpu",
+    quantize: str = "none",
 ) -> DecodeConfig:
-    """The server's decoding options with the request's applied, checked as the command line checks them."""
+    """The server's decoding options with the request's applied, checked as the command line checks them
+    (`quantize`: the served models' quantization, which a request's precision must suit)."""
     given = {name: getattr(request, name) for name in DECODE_FIELDS if getattr(request, name) is not None}
     try:
         decode = decode_with(base, given, warn_unused=False, name=lambda key: f"field '{key}'")
+        check_quantize_precision(quantize, decode.precision, "field 'precision'", "this server's --quantize")
         check_precision(device, decode.precision, "field 'precision'")
     except (ConfigError, UserError) as exc:
         raise HTTPException(422, str(exc)) from None
@@ -239,13 +246,12 @@ def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
             {"name": path.name, "step": member.step, "best_bleu": member.best_bleu, "run": run}
             | ({"averaged_from": len(member.averaged_from)} if member.averaged_from else {})
         )
-    parameters = sum(p.numel() for model in loaded.ensemble.models for p in model.parameters())
     return {
         "name": config.name,
         "languages": {"source": config.data.src_lang, "target": config.data.tgt_lang},
         "attention": settings["model"]["attention"],
         "model": settings["model"],
-        "parameters": parameters,
+        "parameters": loaded.parameters,
         "vocabulary": {
             "source_size": tokenizer.src_vocab_size,
             "target_size": tokenizer.tgt_vocab_size,
@@ -261,6 +267,7 @@ def model_card(translator: Translator, limits: ServeLimits) -> dict[str, Any]:
         "decode": dataclasses.asdict(translator.options),
         "limits": dataclasses.asdict(limits),
         "device": str(translator.device),
+        "quantize": translator.quantize,
         "versions": {name: package_version(name) for name in SERVER_PACKAGES} | {"python": platform.python_version()},
     }
 
@@ -339,7 +346,7 @@ def _api(translator: Translator, limits: ServeLimits, api_key: str | None) -> AP
     @router.post("/translate", summary="Translate one sentence or a list")
     async def translate(body: TranslateRequest, request: Request) -> dict[str, Any]:
         lines = request_sentences(body.text, "text", limits)
-        decode = request_decoding(body, translator.options, limits, translator.device)
+        decode = request_decoding(body, translator.options, limits, translator.device, translator.quantize)
         if body.attention:
             check_attention_size(lines, decode, limits)
         found = await _queued(request, "translate", decode, lines, lines)

@@ -14,11 +14,12 @@ from tqdm import tqdm
 
 from seq2seq.align import pharaoh, word_alignment
 from seq2seq.config import DecodeConfig, decode_with
-from seq2seq.device import check_precision, resolve_device
+from seq2seq.device import check_precision
 from seq2seq.ensemble import load_ensemble
 from seq2seq.errors import UserError
 from seq2seq.model import Seq2Seq
 from seq2seq.plots import plot_attention
+from seq2seq.quantize import check_quantize_precision, decoding_device
 from seq2seq.score import Scored, score_lines
 from seq2seq.search import Hypothesis, attention_view, decode_lines
 
@@ -82,7 +83,8 @@ class Translation:
 class Translator:
     """One or more checkpoints loaded once (several decode as an ensemble), and the options to decode with.
 
-    `decode` overrides the first checkpoint's own `decode` section (e.g. {"beam": 1, "n_best": 3}).
+    `decode` overrides the first checkpoint's own `decode` section (e.g. {"beam": 1, "n_best": 3}); `quantize`
+    'int8' quantizes the models for CPU decoding (seq2seq/quantize.py).
     """
 
     def __init__(
@@ -91,11 +93,12 @@ class Translator:
         decode: Mapping[str, Any] | DecodeConfig | None = None,
         device: str = "auto",
         weights: Sequence[float] | None = None,
+        quantize: str = "none",
     ):
-        self.device = resolve_device(device)
-        self.loaded = load_ensemble(checkpoints, self.device, weights)
+        self.device, self.quantize = decoding_device(device, quantize), quantize
+        self.loaded = load_ensemble(checkpoints, self.device, weights, quantize)
         self.options = decode_with(self.loaded.config.decode, decode)
-        check_precision(self.device, self.options.precision, "--precision")
+        self.check_precision(self.options, "--precision")
         self.tokenizer, self.config = self.loaded.tokenizer, self.loaded.config
 
     @classmethod
@@ -104,10 +107,17 @@ class Translator:
         checkpoints: str | Path | Sequence[str | Path],
         device: str = "auto",
         weights: Sequence[float] | None = None,
+        quantize: str = "none",
         **decode: Any,
     ) -> Translator:
         """Load checkpoint(s) once; keyword arguments are decoding options (beam=5, n_best=2, sample=True, ...)."""
-        return cls(checkpoints, decode, device, weights)
+        return cls(checkpoints, decode, device, weights, quantize)
+
+    def check_precision(self, decode: DecodeConfig, setting: str = "precision") -> None:
+        """A UserError naming `setting` if these models cannot decode in `decode.precision` (see device.py and
+        quantize.py)."""
+        check_quantize_precision(self.quantize, decode.precision, setting)
+        check_precision(self.device, decode.precision, setting)
 
     @property
     def model(self) -> Seq2Seq:
@@ -128,6 +138,7 @@ class Translator:
         """
         if decode is None:
             decode = decode_with(self.options, options) if options else self.options
+            self.check_precision(decode)
         found = decode_lines(self.loaded.ensemble, self.tokenizer, list(lines), self.device, decode, progress)
         return [self._translation(line, hypotheses, decode) for line, hypotheses in zip(lines, found)]
 

@@ -327,6 +327,7 @@ def test_model_card(server, translator, toy_model):
     assert "host" not in checkpoint["run"] and checkpoint["run"]  # the run record, less the machine's name
     assert card["ensemble"]["checkpoints"] == 1
     assert card["decode"] == dataclasses.asdict(translator.options)
+    assert card["quantize"] == "none"
     assert card["limits"] == dataclasses.asdict(ServeLimits())
     assert "run_dir" not in card["training"]["train"] and "init_from" not in card["training"]["train"]
     assert set(checkpoint["run"]) <= {"versions", "train_data_sha256", "saved_at", "processes"}  # no command line
@@ -349,6 +350,24 @@ def test_an_ensemble_is_served_as_the_translator_decodes_it(toy_model, corpus):
     assert found.status_code == 200, found.text
     direct = ensemble.translate(corpus[0][:4], n_best=2)
     assert [comparable(t) for t in found.json()["translations"]] == [expected(t) for t in direct]
+
+
+def test_an_int8_server_decodes_as_its_translator_says_so_and_refuses_bf16(toy_model, translator, corpus):
+    int8 = Translator(str(toy_model["checkpoint"]), device="cpu", quantize="int8")
+    with serving(int8) as running:
+        card = running.client.get("/v1/model").json()
+        found = running.translate(text=corpus[0][:4], n_best=2)
+        scored = running.client.post("/v1/score", json={"source": corpus[0][0], "target": corpus[1][0]})
+        bf16 = running.client.post("/v1/translate", json={"text": "uno", "precision": "bf16"})
+    assert card["quantize"] == "int8" and card["device"] == "cpu"
+    assert card["parameters"] == sum(p.numel() for p in translator.model.parameters())  # the model's, not int8's
+    assert [comparable(t) for t in found["translations"]] == [
+        expected(t) for t in int8.translate(corpus[0][:4], n_best=2)
+    ]
+    assert [t["hypotheses"][0]["text"] for t in found["translations"]] == corpus[1][:4]  # what fp32 gives
+    assert scored.json()["scores"][0]["log_prob"] == pytest.approx(int8.score(corpus[0][:1], corpus[1][:1])[0].log_prob)
+    message = detail(bf16, 422)
+    assert message.startswith("field 'precision' bf16 does not combine with this server's --quantize int8"), message
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -122,6 +122,18 @@ def test_cli_translate_keeps_a_line_with_a_carriage_return_whole(toy_model, tmp_
     assert len(file_lines(output)) == 2
 
 
+def test_cli_translate_int8_writes_what_fp32_writes(toy_model, corpus, tmp_path: Path, capsys):
+    sources, references = corpus
+    source, output = write_lines(tmp_path / "in.es", [*sources, ""]), tmp_path / "out.en"
+    args = ["translate", str(toy_model["checkpoint"]), "-i", str(source), "-o", str(output), "--n-best", "2"]
+    assert main([*args, "--quantize", "int8"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # no torch deprecation warnings either
+    best = [line.split(" ||| ")[0] for line in file_lines(output)]  # the n-best format, best first
+    assert len(best) == len(sources) + 1 and best[-1] == ""
+    assert sum(a == b for a, b in zip(best, references)) >= len(references) - 1  # int8 may flip a near tie
+
+
 # --- word alignment and the text heatmap, on hand-made weights --------------------------------------
 
 
