@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seq2seq import builders
+from seq2seq.allocator import keep_freed_memory
 from seq2seq.board import TensorBoardLog, summary_writer_class
 from seq2seq.checkpoint import (
     TrainingCheckpoint,
@@ -490,6 +491,8 @@ def _build_trainer(
     """Build every part of the run, in the order that fixes the random streams, and hand them to a Trainer."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # large tensors reused from step to step, not mapped afresh (seq2seq/allocator.py)
     builders.set_seed(config.train.seed)
     initial = builders.read_initial_weights(config) if resumed is None and config.train.init_from else None
     origin = resumed.weights if resumed is not None else initial

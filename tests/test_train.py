@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -388,3 +390,32 @@ def test_resume_from_a_weights_only_checkpoint_is_a_user_error(tmp_path: Path, t
         f"seq2seq: error: {run_dir / 'last.pt'} holds no training state (optimizer, schedule, training_state, rng "
         "missing): it cannot be resumed from; start a new run, or restore the last.pt the run wrote"
     )
+
+
+def _resident_mib() -> float:
+    """This process's resident memory, MiB (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_training_keeps_freed_large_blocks_for_reuse_instead_of_unmapping_them(monkeypatch):
+    """With keep_freed_memory (what a CPU training run asks for) a freed 200 MiB tensor stays in the process for
+    the next step's tensors; with glibc's defaults it is unmapped at once. SEQ2SEQ_KEEP_FREED_MEMORY=0 opts out."""
+    from seq2seq import allocator
+
+    def resident_after_freeing() -> float:
+        block = torch.ones(50 * 2**20)  # 200 MiB, touched
+        del block
+        return _resident_mib()
+
+    try:
+        allocator.restore_default()
+        before = _resident_mib()
+        assert resident_after_freeing() < before + 50  # unmapped
+        assert allocator.keep_freed_memory() is True
+        assert resident_after_freeing() > before + 150  # kept for reuse
+        allocator.restore_default()
+        monkeypatch.setenv("SEQ2SEQ_KEEP_FREED_MEMORY", "0")
+        assert allocator.keep_freed_memory() is False
+    finally:
+        allocator.restore_default()

@@ -81,10 +81,8 @@ def profile_variant(input_feeding: bool) -> dict:
     model.train()
     for batch in batches[:WARM_UP]:
         step(batch)
-    started = time.perf_counter()
-    for batch in batches[WARM_UP:]:  # unprofiled: the step time without the profiler's overhead
-        step(batch)
-    plain_ms = (time.perf_counter() - started) / PROFILED * 1000
+    allocator = allocator_comparison(lambda: [step(batch) for batch in batches[WARM_UP:]])
+    plain_ms = min(allocator["keep_freed_memory_ms_per_step"])  # what a training run does (seq2seq/allocator.py)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for batch in batches[WARM_UP:]:
             step(batch)
@@ -103,11 +101,28 @@ def profile_variant(input_feeding: bool) -> dict:
     )
     return {
         "ms_per_step": plain_ms,
+        "allocator": allocator,
         "profiled_ms_per_step": total_us / 1000 / PROFILED,
         "target_tokens_per_step": sum(b.num_tgt_tokens for b in batches[WARM_UP:]) / PROFILED,
         "groups": groups(operators, total_us / 1000 / PROFILED),
         "operators": [op for op in operators[:25]],
     }
+
+
+def allocator_comparison(steps, rounds: int = 3) -> dict:
+    """ms per step (unprofiled) with glibc's defaults and with keep_freed_memory, alternating in this process."""
+    from seq2seq.allocator import keep_freed_memory, restore_default
+
+    timings: dict[str, list[float]] = {"default_ms_per_step": [], "keep_freed_memory_ms_per_step": []}
+    for _ in range(rounds):
+        for key, values in timings.items():
+            restore_default() if key.startswith("default") else keep_freed_memory()
+            started = time.perf_counter()
+            steps()
+            values.append((time.perf_counter() - started) / PROFILED * 1000)
+    keep_freed_memory()
+    best = {key: min(values) for key, values in timings.items()}
+    return {**timings, "speedup": best["default_ms_per_step"] / best["keep_freed_memory_ms_per_step"]}
 
 
 def groups(operators: list[dict], step_ms: float) -> dict[str, dict]:
@@ -162,6 +177,12 @@ def markdown(results: dict) -> str:
             (
                 f"## {name}: {variant['ms_per_step']:.0f} ms per step ({variant['target_tokens_per_step']:.0f} target tokens; "
                 f"{variant['profiled_ms_per_step']:.0f} ms under the profiler)"
+            ),
+            "",
+            (
+                f"glibc's allocator: {min(variant['allocator']['default_ms_per_step']):.0f} ms per step with its defaults, "
+                f"{min(variant['allocator']['keep_freed_memory_ms_per_step']):.0f} ms keeping freed memory "
+                f"(`seq2seq/allocator.py`, what training does): {variant['allocator']['speedup']:.2f}x (best of 3, alternating)."
             ),
             "",
             "| group | ms per step | share |",
