@@ -26,6 +26,7 @@ sentences allowed. tests/test_gpu_path.py checks the two paths against each othe
 
 from __future__ import annotations
 
+import warnings
 from typing import cast
 
 import torch
@@ -186,11 +187,11 @@ class GRU(nn.GRU):
         return states
 
     def _forward_fused(self, x: Tensor, h0: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """nn.GRU's own kernels (cuDNN on a GPU), one layer at a time, computing what the CPU path computes.
+        """nn.GRU's own kernels (cuDNN on a GPU), computing what the CPU path computes.
 
         - The recurrence runs in the weights' dtype even under autocast (cuDNN's autocast wrapper would run
           it in float16, even under bf16 autocast, where no gradient scaler guards it).
-        - Dropout between layers is drawn by F.dropout from torch's generator, which checkpoints save;
+        - Dropout between layers is drawn by F.dropout from torch's generator (one call per layer), which checkpoints save;
           cuDNN's own dropout state is not saved, so a resumed run would draw other masks.
         - An empty sentence (length 0) keeps h0 and has zero outputs; packing would refuse it.
         """
@@ -199,29 +200,47 @@ class GRU(nn.GRU):
         if h0 is None:
             h0 = x.new_zeros(self.num_layers * directions, x.size(0), self.hidden_size, dtype=dtype)
         h0 = h0.to(dtype)
-        finals = []
+        if x.is_cuda:  # a copy or a loaded state (the moving average, a resume) leaves cuDNN's flat buffer
+            self.flatten_parameters()  # one buffer again (a no-op when it already is)
         with torch.autocast(x.device.type, enabled=False):
-            layer_input = x.to(dtype)
+            if self.num_layers == 1 or not (self.training and self.dropout > 0):
+                return self._fused_layers(x.to(dtype), h0, self._flat_weights, lengths, self.num_layers)
+            return self._fused_layer_by_layer(x.to(dtype), h0, lengths)
+
+    def _fused_layer_by_layer(self, x: Tensor, h0: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Training with dropout between layers: one kernel call per layer, F.dropout between them."""
+        directions = 2 if self.bidirectional else 1
+        finals, layer_input = [], x
+        with warnings.catch_warnings():
+            # One layer's weights are a slice of cuDNN's flat buffer, so cuDNN copies them into a buffer of
+            # their own at each call and warns: a small price for masks that a resumed run draws again.
+            warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
             for layer in range(self.num_layers):
-                if layer > 0 and self.dropout > 0:
+                if layer > 0:
                     layer_input = F.dropout(layer_input, self.dropout, self.training)
                 weights = self._flat_weights[layer * 4 * directions : (layer + 1) * 4 * directions]
                 hx = h0[layer * directions : (layer + 1) * directions]  # [D, B, H]
-                layer_input, final = self._fused_layer(layer_input, hx, weights, lengths)
+                layer_input, final = self._fused_layers(layer_input, hx, weights, lengths, 1)
                 finals.append(final)
         return layer_input, torch.cat(finals)
 
-    def _fused_layer(self, x: Tensor, hx: Tensor, weights: list, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """One layer through torch's GRU kernel: outputs [B, T, D*H] (zeros past each length), finals [D, B, H]."""
+    def _fused_layers(
+        self, x: Tensor, hx: Tensor, weights: list, lengths: Tensor | None, layers: int
+    ) -> tuple[Tensor, Tensor]:
+        """`layers` layers through torch's GRU kernel, no dropout: outputs [B, T, D*H] (zeros past each length),
+        finals [layers*D, B, H]."""
         gru = torch._VF.gru  # the kernel behind nn.GRU (cuDNN on a GPU)
+        # cuDNN keeps what its backward pass needs only in training mode: ask for it whenever gradients flow
+        # (the CPU path differentiates in eval mode too). Dropout is applied outside, so p is 0 here.
+        train = self.training or torch.is_grad_enabled()
         if lengths is None:
-            outputs, final = gru(x, hx, weights, True, 1, 0.0, self.training, self.bidirectional, True)
+            outputs, final = gru(x, hx, weights, True, layers, 0.0, train, self.bidirectional, True)
             return outputs, final
         lengths = lengths.to(x.device)
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         sorted_hx = hx.index_select(1, cast(Tensor, packed.sorted_indices))
         data, final = gru(
-            packed.data, packed.batch_sizes, sorted_hx, weights, True, 1, 0.0, self.training, self.bidirectional
+            packed.data, packed.batch_sizes, sorted_hx, weights, True, layers, 0.0, train, self.bidirectional
         )
         final = final.index_select(1, cast(Tensor, packed.unsorted_indices))
         packed_out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
