@@ -4,6 +4,7 @@ JSON. (The benchmarks themselves run from the command line.)"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -130,11 +131,14 @@ def test_mean_speed_is_the_harmonic_mean_of_the_records_after_the_first(tmp_path
         ("training_options", training_options),
         ("reliability", reliability),
         ("launch_loop", launch_loop),
+        ("bf16_shapes", "bf16_shapes"),
+        ("profile", "profile_step"),
     ],
 )
 def test_the_committed_tables_are_the_scripts_rendering_of_the_committed_json(name: str, script):
     """docs/NAME.md is written from docs/NAME.json by its script (never by hand), from a clean tree."""
     docs = Path(__file__).resolve().parent.parent / "docs"
+    script = importlib.import_module(script) if isinstance(script, str) else script
     results = json.loads((docs / f"{name}.json").read_text(encoding="utf-8"))
     assert (docs / f"{name}.md").read_text(encoding="utf-8") == script.markdown(results)
     assert len(results["commit"]) == 40 and results["dirty"] is False

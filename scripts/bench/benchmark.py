@@ -452,7 +452,10 @@ def markdown(results: dict) -> str:
     peers = [peer for peer in PEERS if peer in results["ratios"]]
     peak_text = ", ".join(f"{dtype} {value:.0f} GFLOP/s" for dtype, value in peak.items())
     lines = [
-        f"# seq2seq beside {' and '.join(_title(p) for p in peers)} ({results['mode']} run on {results['device']}, {results['date']})",
+        (
+            f"# seq2seq {'beside ' + ' and '.join(_title(p) for p in peers) if peers else 'alone'} "
+            f"({results['mode']} run on {results['device']}, {results['date']})"
+        ),
         "",
         f"Machine: {machine['cpu']} ({machine['cores']} cores, PyTorch CPU capability {machine['cpu_capability']}, "
         f"native bf16: {'yes' if machine['native_bf16'] else 'no'})"
@@ -480,25 +483,24 @@ def markdown(results: dict) -> str:
 def _training_table(results: dict, peers: list[str]) -> list[str]:
     fixed, gflops = results["fixed_updates"]["runs"], results["training_gflops"]
     peak = results["matmul_peak_gflops"]["fp32"]
-    header = (
-        "| run | target tokens/s | "
-        + " | ".join(f"vs {p}" for p in peers)
-        + " | peak RSS GiB | matmul GFLOP/s (share of fp32 peak) |"
-    )
+    columns = ["run", "target tokens/s", *(f"vs {p}" for p in peers), "peak RSS GiB", "matmul GFLOP/s (share of peak)"]
     lines = [
         "",
         f"## Training, {results['fixed_updates']['updates']} updates each",
         "",
-        header,
-        "|---|---:|" + "---:|" * len(peers) + "---:|---:|",
+        _row(columns),
+        "|---|" + "---:|" * (len(columns) - 1),
     ]
     for name, run in fixed.items():
-        versus = " | ".join(f"{run['tokens_per_s'] / fixed[p]['tokens_per_s']:.2f}x" for p in peers)
+        versus = [f"{run['tokens_per_s'] / fixed[p]['tokens_per_s']:.2f}x" for p in peers]
         share = f"{gflops[name]:.0f} ({gflops[name] / peak:.0%})" if name in gflops else ""
-        lines.append(
-            f"| {_title(name)} | {run['tokens_per_s']:,.0f} | {versus} | {run['peak_rss_gib']:.2f} | {share} |"
-        )
+        lines.append(_row([_title(name), f"{run['tokens_per_s']:,.0f}", *versus, f"{run['peak_rss_gib']:.2f}", share]))
     return lines
+
+
+def _row(cells: list[str]) -> str:
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
 
 
 def _budget_table(results: dict) -> list[str]:
@@ -552,15 +554,11 @@ def _targets_table(results: dict) -> list[str]:
 def _ratio_tables(results: dict, peers: list[str]) -> list[str]:
     ratios = results["ratios"]
     keys = list(dict.fromkeys(key for group in ("ours", *peers) for key in ratios[group] if group != "ours"))
-    lines = [
-        "",
-        "## Ratios (`ratios` in the JSON)",
-        "",
-        "| ratio | " + " | ".join(f"vs {p}" for p in peers) + " |",
-        "|---|" + "---:|" * len(peers),
-    ]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(f"{ratios[p].get(key, '')}" for p in peers) + " |")
+    lines = []
+    if peers:
+        lines += ["", "## Ratios (`ratios` in the JSON)", "", _row(["ratio", *(f"vs {p}" for p in peers)])]
+        lines += ["|---|" + "---:|" * len(peers)]
+        lines += [_row([key, *(f"{ratios[p].get(key, '')}" for p in peers)]) for key in keys]
     lines += ["", "| ours against ours | value |", "|---|---:|"]
     lines += [f"| {key} | {value} |" for key, value in ratios["ours"].items()]
     return lines
@@ -807,7 +805,7 @@ def write(results: dict, output: Path, readme: bool, rewrite: bool = True) -> No
             replace_readme_section(README.read_text(encoding="utf-8"), readme_section(results)), encoding="utf-8"
         )
     print(page)
-    log.info("Wrote %s.json and .md%s", output, " and the README's speed table" if readme else "")
+    log.info("Wrote %s%s.md%s", output, ".json and " if rewrite else "", " and the README's speed table" if readme else "")
 
 
 if __name__ == "__main__":
