@@ -113,3 +113,16 @@ def test_the_committed_report_is_the_scripts_rendering_of_the_committed_json():
     recomputed = json.loads(json.dumps(results))
     benchmark.complete_results(recomputed)
     assert recomputed["ratios"] == results["ratios"] and recomputed["targets"] == results["targets"]
+
+
+def test_quickstart_py_runs_exactly_the_readmes_first_command():
+    import quickstart
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = quickstart.readme_command(readme)
+    assert command.startswith("python3 -m venv .venv") and "seq2seq train configs/quickstart.yaml" in command
+    assert command in readme.split("**Run the tests**")[0]  # the first block, not the test command
+    table = readme[readme.index(quickstart.BEGIN) : readme.index(quickstart.END) + len(quickstart.END)]
+    published = ROOT / "docs" / "quickstart.json"
+    if published.exists():  # once published, the README's table is the script's rendering of the JSON
+        assert table == quickstart.readme_table(json.loads(published.read_text(encoding="utf-8")))

@@ -805,7 +805,9 @@ def write(results: dict, output: Path, readme: bool, rewrite: bool = True) -> No
             replace_readme_section(README.read_text(encoding="utf-8"), readme_section(results)), encoding="utf-8"
         )
     print(page)
-    log.info("Wrote %s%s.md%s", output, ".json and " if rewrite else "", " and the README's speed table" if readme else "")
+    log.info(
+        "Wrote %s%s.md%s", output, ".json and " if rewrite else "", " and the README's speed table" if readme else ""
+    )
 
 
 if __name__ == "__main__":

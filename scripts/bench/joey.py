@@ -11,12 +11,10 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import torch
 import yaml
-from processes import ROOT, Run, median_after_first, run_process
+from processes import ROOT, Run, median_after_first, pinned_venv, run_process
 
 log = logging.getLogger("bench")
 JOEY_VERSION = "2.3.0"
@@ -37,21 +35,12 @@ def parse_decode_seconds(text: str) -> float:
 
 def joey_python(work: Path) -> Path:
     """Joey NMT in its own virtual environment, pinned to our torch version (set up once)."""
-    venv = work / "joey-venv"
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import joeynmt, torch; print(joeynmt.__version__, torch.__version__)"]
-    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
-        return python
-    torch_version = torch.__version__.split("+")[0]
-    log.info("Setting up Joey NMT %s with torch %s in %s", JOEY_VERSION, torch_version, venv)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    constraints = work / "joey-constraints.txt"
-    constraints.write_text(f"torch=={torch_version}\n")  # no dependency may pull another torch
-    pip = [str(python), "-m", "pip", "install", "--quiet", "-c", str(constraints)]
-    subprocess.run([*pip, f"torch=={torch_version}"], check=True)
-    # Joey imports importlib_metadata without declaring it.
-    subprocess.run([*pip, f"joeynmt=={JOEY_VERSION}", "importlib_metadata"], check=True)
-    subprocess.run(probe, check=True)
+    probe = ["-c", "import joeynmt, torch; print(joeynmt.__version__, torch.__version__)"]
+    python, pip = pinned_venv(work / "joey-venv", probe)
+    if pip is not None:
+        # Joey imports importlib_metadata without declaring it.
+        subprocess.run([*pip, f"joeynmt=={JOEY_VERSION}", "importlib_metadata"], check=True)
+        subprocess.run([str(python), *probe], check=True)
     return python
 
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from processes import ROOT, Run, median_after_first, run_process
+from processes import ROOT, Run, median_after_first, pinned_venv, run_process
 
 log = logging.getLogger("bench")
 OPENNMT_VERSION = "3.5.1"
@@ -50,23 +49,11 @@ TRANSLATION_MS_PER_SENTENCE = re.compile(r"Average translation time \(ms\): ([\d
 
 def opennmt_python(work: Path) -> Path:
     """OpenNMT-py in its own virtual environment, pinned to our torch version (set up once)."""
-    import torch
-
-    venv = work / "opennmt-venv"
-    python = venv / "bin" / "python"
-    probe = [str(python), str(WRAPPER), "versions"]
-    if python.exists() and subprocess.run(probe, capture_output=True, check=False).returncode == 0:
-        return python
-    torch_version = torch.__version__.split("+")[0]
-    log.info("Setting up OpenNMT-py %s with torch %s in %s", OPENNMT_VERSION, torch_version, venv)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    constraints = work / "opennmt-constraints.txt"
-    constraints.write_text(f"torch=={torch_version}\n")  # no dependency may pull another torch
-    pip = [str(python), "-m", "pip", "install", "--quiet", "-c", str(constraints)]
-    subprocess.run([*pip, f"torch=={torch_version}"], check=True)
-    subprocess.run([*pip, "--no-deps", f"OpenNMT-py=={OPENNMT_VERSION}"], check=True)  # it asks for torch<2.3
-    subprocess.run([*pip, *DEPENDENCIES], check=True)
-    subprocess.run(probe, check=True)
+    python, pip = pinned_venv(work / "opennmt-venv", [str(WRAPPER), "versions"])
+    if pip is not None:
+        subprocess.run([*pip, "--no-deps", f"OpenNMT-py=={OPENNMT_VERSION}"], check=True)  # it asks for torch<2.3
+        subprocess.run([*pip, *DEPENDENCIES], check=True)
+        subprocess.run([str(python), str(WRAPPER), "versions"], check=True)
     return python
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,3 +79,22 @@ def median_after_first(speeds: list[float]) -> float | None:
     if not speeds:
         return None
     return statistics.median(speeds[1:] or speeds)
+
+
+def pinned_venv(venv: Path, probe: list[str]) -> tuple[Path, list[str] | None]:
+    """A peer's virtual environment, pinned to the torch installed here so that no dependency pulls another:
+    its python, and the pip command that installs into it (None when `probe`, run with that python, already
+    succeeds: the environment was set up before)."""
+    import torch
+
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), *probe], capture_output=True, check=False).returncode == 0:
+        return python, None
+    torch_version = torch.__version__.split("+")[0]
+    log.info("Setting up %s with torch %s", venv, torch_version)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    constraints = venv.with_name(f"{venv.name}-constraints.txt")
+    constraints.write_text(f"torch=={torch_version}\n")
+    pip = [str(python), "-m", "pip", "install", "--quiet", "-c", str(constraints)]
+    subprocess.run([*pip, f"torch=={torch_version}"], check=True)
+    return python, pip
