@@ -36,6 +36,8 @@ def test_a_full_run_from_a_clean_tree_may_publish():
     assert benchmark.publish_refusal(args, {"commit": "f" * 40, "dirty": False}) is None
     assert benchmark.publish_refusal(args, {"commit": "f" * 40, "dirty": True}) is not None
     assert benchmark.publish_refusal(benchmark.parse_arguments(["--publish", "--budget", "5"]), {"dirty": False})
+    fixed_only = benchmark.parse_arguments(["--publish", "--budget-runs", ""])
+    assert "missing: joey, opennmt, ours-fast-fp32" in benchmark.publish_refusal(fixed_only, {"dirty": False})
 
 
 @pytest.mark.parametrize(

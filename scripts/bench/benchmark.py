@@ -66,6 +66,7 @@ NOT_PUBLISHED = (
     f"\n\n{README_END}"
 )
 PEERS = {"joey": f"Joey NMT {joey.JOEY_VERSION}", "opennmt": f"OpenNMT-py {opennmt.OPENNMT_VERSION}"}
+DEFAULT_BUDGET_RUNS = ("joey", "opennmt", "ours-fast-fp32")  # what the published targets need
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -505,6 +506,8 @@ def _row(cells: list[str]) -> str:
 
 def _budget_table(results: dict) -> list[str]:
     budget, decoding = results["budget"]["runs"], results["decoding"]
+    if not budget:
+        return []
     lines = [
         "",
         f"## Equal wall-clock budget: {results['budget']['minutes']:g} minutes of training each",
@@ -666,7 +669,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peers", default="joey,opennmt", help="peers to run: " + ", ".join(PEERS))
     parser.add_argument(
         "--budget-runs",
-        default="joey,opennmt,ours-fast-fp32",
+        default=",".join(DEFAULT_BUDGET_RUNS),
         help="trainings that get the wall-clock budget: peers and any of our runs (e.g. ours-if-fp32)",
     )
     parser.add_argument("--work", default=str(ROOT / ".cache" / "bench"), help="scratch directory")
@@ -685,6 +688,8 @@ def publish_refusal(args: argparse.Namespace, state: dict) -> str | None:
         return "--publish needs a full run: drop --quick, --updates and --budget"
     if args.output:
         return "--publish writes to docs/: drop --output"
+    if missing := [name for name in DEFAULT_BUDGET_RUNS if name not in budget_names(args)]:
+        return f"--publish needs the budget runs of {', '.join(DEFAULT_BUDGET_RUNS)} (missing: {', '.join(missing)})"
     if state["dirty"]:
         return "--publish needs a tree without uncommitted changes: commit or stash them first"
     return None
