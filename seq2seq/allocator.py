@@ -29,13 +29,9 @@ TRIM_THRESHOLD = 1 << 30  # return freed memory at the top of the heap to the sy
 
 def keep_freed_memory() -> bool:
     """Ask glibc to serve large blocks from its heap and keep freed ones for reuse; True if it took effect."""
-    if os.environ.get("SEQ2SEQ_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    mallopt = _mallopt()
+    if os.environ.get("SEQ2SEQ_KEEP_FREED_MEMORY", "1") == "0" or mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already uses
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     kept = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
     log.debug("glibc keeps freed memory for reuse: %s", kept)
     return kept
@@ -43,10 +39,20 @@ def keep_freed_memory() -> bool:
 
 def restore_default() -> None:
     """glibc's defaults again (mmap for large blocks, trimming at 128 KiB): for tests and A/B timings."""
+    mallopt = _mallopt()
+    if mallopt is None:
+        return
+    mallopt(M_MMAP_MAX, 65536)
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+
+
+def _mallopt():
+    """glibc's mallopt(int, int) -> int from the C library this process uses; None elsewhere (e.g. musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return
+        return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    mallopt(M_MMAP_MAX, 65536)
-    mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    return mallopt

@@ -26,7 +26,7 @@ def test_publish_is_refused_for_a_quick_run(capsys):
 
 
 def test_publish_is_refused_from_a_tree_with_uncommitted_changes(monkeypatch, capsys):
-    monkeypatch.setattr(benchmark, "git_state", lambda: {"commit": "f" * 40, "dirty": True})
+    monkeypatch.setattr(benchmark, "commit", lambda: {"commit": "f" * 40, "dirty": True})
     assert benchmark.main(["--publish"]) == 2
     assert "uncommitted changes" in capsys.readouterr().err
 

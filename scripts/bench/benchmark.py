@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ import ours
 import sacrebleu
 import torch
 import yaml
+from experiments import commit, cpu_model
 from processes import ROOT, Run
 
 sys.path.insert(0, str(ROOT))  # this tree's seq2seq, whatever the environment has installed
@@ -99,29 +99,20 @@ def our_variants(device: str, bf16: bool) -> dict[str, dict]:
 # --- machine ------------------------------------------------------------------------------------
 
 
-def git_state() -> dict:
-    """The full commit hash of the tree and whether it had uncommitted changes."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return {"commit": head.stdout.strip() or None, "dirty": bool(status.stdout.strip()) or head.returncode != 0}
-
-
 def cpu_facts() -> dict:
     """CPU model, PyTorch's capability level, the instruction-set flags that decide bf16 and matmul speed."""
     from seq2seq.device import native_bf16
 
-    model, flags = platform.processor() or platform.machine(), set()
+    flags = set()
     try:
         for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             name, _, value = line.partition(":")
-            if name.strip() == "model name" and model == (platform.processor() or platform.machine()):
-                model = value.strip()
             if name.strip() in ("flags", "Features"):
                 flags.update(value.split())
     except OSError:
         pass
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
@@ -719,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.render:
         return render(Path(args.render))
-    state = git_state()
+    state = commit()
     problem = check_arguments(args) or (publish_refusal(args, state) if args.publish else None)
     if problem:
         print(f"benchmark: {problem}", file=sys.stderr)
@@ -733,8 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.device == "cpu" else f"-{args.device}"
     output = Path(args.output) if args.output else work / f"benchmark{suffix}"
     if args.publish:
-        if git_state() != state:
-            log.warning("The tree changed during the run (%s): not publishing", git_state())
+        if commit() != state:
+            log.warning("The tree changed during the run (%s): not publishing", commit())
         else:
             output = DOCS / f"benchmark{suffix}"
     write(results, output, readme=args.publish and output.parent == DOCS and args.device == "cpu")

@@ -23,10 +23,11 @@ log = logging.getLogger("bench")
 
 
 def commit() -> dict:
-    """The full commit hash of this tree and whether it had uncommitted changes."""
+    """The full commit hash of this tree and whether it had uncommitted changes (where git cannot tell, dirty)."""
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    unknown = head.returncode != 0 or status.returncode != 0
+    return {"commit": head.stdout.strip() or None, "dirty": bool(status.stdout.strip()) or unknown}
 
 
 def provenance(argv: list[str]) -> dict:

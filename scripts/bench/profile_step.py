@@ -13,7 +13,6 @@ discusses: matmuls, the GRU time loops' elementwise work, the additive score, th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import ROOT, provenance
+from experiments import ROOT, provenance, write_results
 
 sys.path.insert(0, str(ROOT))
 
@@ -211,9 +210,7 @@ def main() -> int:
         return 2
     results["variants"] = {"fast path": profile_variant(False), "input feeding": profile_variant(True)}
     output = ROOT / "docs" / "profile" if args.publish else Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    output.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+    write_results(results, output, markdown(results))
     print(markdown(results))
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import ROOT, mean_speed, provenance, records
+from experiments import ROOT, mean_speed, provenance, records, write_results
 
 README = ROOT / "README.md"
 BEGIN = "<!-- quickstart table: written by scripts/bench/quickstart.py --publish from docs/quickstart.json -->"
@@ -159,9 +159,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="quickstart-") as scratch:
         results.update(measure(Path(scratch) / "clone"))
     output = ROOT / "docs" / "quickstart" if args.publish else Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    output.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+    write_results(results, output, markdown(results))
     if args.publish:
         README.write_text(replace_between_markers(README.read_text(encoding="utf-8"), readme_table(results)))
     print(markdown(results))
