@@ -162,6 +162,32 @@ def evaluate_variant(
     )
 
 
+def results_tables(rows: list[dict]) -> list[str]:
+    """The per-variant table and the test-BLEU-by-source-length table as Markdown lines (rows: VariantResult's
+    fields, as results.json holds them)."""
+    lines = [
+        "| variant | parameters | updates | dev BLEU | test BLEU | test chrF | train tokens/s | decode sentences/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['parameters']:,} | {r['steps']} | {r['dev_bleu']:.2f} | {r['test_bleu']:.2f} "
+            f"| {r['test_chrf']:.2f} | {r['train_tokens_per_s']:,.0f} | {r['decode_sentences_per_s']:.1f} |"
+        )
+    labels = list(rows[0]["bleu_by_length"]) if rows else []
+    lines += [
+        "",
+        "Test BLEU by source length (words):",
+        "",
+        "| variant | " + " | ".join(labels) + " |",
+        "| --- |" + " ---: |" * len(labels),
+    ]
+    for r in rows:
+        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in r["bleu_by_length"].values())
+        lines.append(f"| {r['variant']} | {cells} |")
+    return lines
+
+
 def write_report(results: list[VariantResult], output: Path, budget: str, beam: int, base: Config) -> Path:
     """report.md and results.json in `output`."""
     lines = [
@@ -173,25 +199,8 @@ def write_report(results: list[VariantResult], output: Path, budget: str, beam: 
         ),
         f"Corpus: {base.data.train} ({base.data.src_lang}->{base.data.tgt_lang}); dev {base.data.dev}; test {base.data.test}.",
         "",
-        "| variant | parameters | updates | dev BLEU | test BLEU | test chrF | train tokens/s | decode sentences/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *results_tables([vars(r) for r in results]),
     ]
-    for r in results:
-        lines.append(
-            f"| {r.variant} | {r.parameters:,} | {r.steps} | {r.dev_bleu:.2f} | {r.test_bleu:.2f} | {r.test_chrf:.2f} "
-            f"| {r.train_tokens_per_s:,.0f} | {r.decode_sentences_per_s:.1f} |"
-        )
-    labels = list(results[0].bleu_by_length) if results else []
-    lines += [
-        "",
-        "Test BLEU by source length (words):",
-        "",
-        "| variant | " + " | ".join(labels) + " |",
-        "| --- |" + " ---: |" * len(labels),
-    ]
-    for r in results:
-        cells = " | ".join("–" if v is None else f"{v:.2f}" for v in r.bleu_by_length.values())
-        lines.append(f"| {r.variant} | {cells} |")
     lines += ["", "![BLEU by source length](bleu_by_length.png)", ""]
     path = output / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -133,6 +133,8 @@ def test_mean_speed_is_the_harmonic_mean_of_the_records_after_the_first(tmp_path
         ("launch_loop", launch_loop),
         ("bf16_shapes", "bf16_shapes"),
         ("profile", "profile_step"),
+        ("prepare_large", "prepare_large"),
+        ("profile_decode", "profile_decode"),
     ],
 )
 def test_the_committed_tables_are_the_scripts_rendering_of_the_committed_json(name: str, script):
@@ -169,6 +171,19 @@ def test_the_committed_serving_table_and_the_readmes_figures_come_from_the_commi
         f"Over {memory['requests']:,} more requests",
     ):
         assert figure in readme, figure
+
+
+def test_the_attention_comparison_is_the_scripts_rendering_of_the_committed_json():
+    """docs/attention.md's tables and docs/attention/comparison.md are attention_compare.py's rendering of
+    docs/attention/comparison.json, a run of `seq2seq compare` from a clean tree."""
+    attention_compare = importlib.import_module("attention_compare")
+    directory = Path(__file__).resolve().parent.parent / "docs" / "attention"
+    results = json.loads((directory / "comparison.json").read_text(encoding="utf-8"))
+    assert (directory / "comparison.md").read_text(encoding="utf-8") == attention_compare.markdown(results)
+    assert attention_compare.section(results) in (directory.parent / "attention.md").read_text(encoding="utf-8")
+    assert len(results["commit"]) == 40 and results["dirty"] is False
+    assert [v["variant"] for v in results["variants"]] == attention_compare.VARIANTS.split(",")
+    assert all((directory / f"heatmap-{v['variant']}.png").is_file() for v in results["variants"])
 
 
 def test_the_reliability_rows_name_tests_that_exist():

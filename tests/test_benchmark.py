@@ -88,6 +88,33 @@ def test_targets_hold_against_the_faster_peer_for_each_figure():
     assert "train_tokens_per_s_fast" not in rows  # not measured: no row rather than a made-up one
 
 
+def test_the_speed_ceiling_is_the_matmul_peak_over_the_flops_per_token_against_the_faster_peer():
+    results = {
+        "matmul_peak_gflops": {"fp32": 200.0},
+        "flops_per_target_token": {"ours-fast-fp32": 20e6, "ours-if-fp32": 25e6},
+        "fixed_updates": {
+            "runs": {
+                "ours-fast-fp32": {"tokens_per_s": 6000.0},
+                "ours-if-fp32": {"tokens_per_s": 3000.0},
+                "joey": {"tokens_per_s": 1000.0},
+                "opennmt": {"tokens_per_s": 2500.0},
+            }
+        },
+    }
+    ceilings = benchmark.speed_ceilings(results)
+    assert ceilings["ours-fast-fp32"] == {
+        "target_tokens_per_s": 12500.0,  # 5x the faster peer
+        "against": "opennmt",
+        "ceiling_tokens_per_s": 10000.0,  # 200 GFLOP/s / 20 MFLOP per token
+        "measured_tokens_per_s": 6000.0,
+    }
+    assert ceilings["ours-if-fp32"]["target_tokens_per_s"] == 7500.0  # 3x
+    assert ceilings["ours-if-fp32"]["ceiling_tokens_per_s"] == 8000.0
+    assert "| ours-fast-fp32 | 6,000 | 12,500 (OpenNMT-py 3.5.1) | 10,000 | 1.25 |" in benchmark._ceiling_lines(results)
+    del results["fixed_updates"]["runs"]["joey"], results["fixed_updates"]["runs"]["opennmt"]
+    assert benchmark.speed_ceilings(results) == {} and benchmark._ceiling_lines(results) == []  # no peer, no target
+
+
 def test_joeys_log_excerpts_parse_with_the_scripts_own_expressions():
     train = (FIXTURES / "joey-train.log").read_text(encoding="utf-8")
     speeds = joey.parse_train_log(train)

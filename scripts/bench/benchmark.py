@@ -49,7 +49,7 @@ import ours
 import sacrebleu
 import torch
 import yaml
-from experiments import commit, cpu_model
+from experiments import commit, cpu_model, replace_between_markers
 from processes import ROOT, Run
 
 sys.path.insert(0, str(ROOT))  # this tree's seq2seq, whatever the environment has installed
@@ -461,7 +461,7 @@ def markdown(results: dict) -> str:
     ]
     lines += [f"Skipped: {reason}" for reason in results["skipped"]]
     lines += _training_table(results, peers) + _budget_table(results) + _lower_precision_lines(results)
-    lines += _targets_table(results) + _ratio_tables(results, peers)
+    lines += _targets_table(results) + _ceiling_lines(results) + _ratio_tables(results, peers)
     flops = results["flops_per_target_token"]
     lines += [
         "",
@@ -541,6 +541,57 @@ def _targets_table(results: dict) -> list[str]:
         )
         lines.append(
             f"| {row['figure']} | {row['target']} | {row['value']:g} | {against} | {'yes' if row['met'] else '**no**'} |"
+        )
+    return lines
+
+
+# Our fp32 runs, with the key of their training-speed target among PEER_TARGETS.
+SPEED_TARGET_RUNS = {"ours-if-fp32": "train_tokens_per_s", "ours-fast-fp32": "train_tokens_per_s_fast"}
+
+
+def speed_ceilings(results: dict) -> dict[str, dict]:
+    """For each fp32 run: the target tokens/s its training-speed target asks for (the target ratio x the faster
+    peer), and the tokens/s it would reach if the whole step ran at this machine's measured fp32 matmul peak
+    (its matmul FLOPs per target token and nothing else): a target above that ceiling cannot be met by
+    removing overhead, only by fewer FLOPs per token or faster arithmetic."""
+    fixed, flops = results["fixed_updates"]["runs"], results["flops_per_target_token"]
+    peak = results["matmul_peak_gflops"]["fp32"] * 1e9
+    target_ratio = {key: target for _, key, _, target in PEER_TARGETS}
+    peers = [peer for peer in PEERS if peer in fixed]
+    ceilings = {}
+    for name, key in SPEED_TARGET_RUNS.items():
+        if name not in fixed or name not in flops or not peers:
+            continue
+        fastest = max(peers, key=lambda peer: fixed[peer]["tokens_per_s"])
+        ceilings[name] = {
+            "target_tokens_per_s": target_ratio[key] * fixed[fastest]["tokens_per_s"],
+            "against": fastest,
+            "ceiling_tokens_per_s": peak / flops[name],
+            "measured_tokens_per_s": fixed[name]["tokens_per_s"],
+        }
+    return ceilings
+
+
+def _ceiling_lines(results: dict) -> list[str]:
+    ceilings = speed_ceilings(results)
+    if not ceilings:
+        return []
+    lines = [
+        "",
+        "## What the matmul peak allows",
+        "",
+        (
+            "Tokens/s if a whole training step ran at the fp32 matmul peak measured in this run (its matmul FLOPs per "
+            "target token, nothing else), beside what the training-speed target asks for:"
+        ),
+        "",
+        "| run | measured | target (x the faster peer) | ceiling at the matmul peak | target / ceiling |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in ceilings.items():
+        lines.append(
+            f"| {name} | {row['measured_tokens_per_s']:,.0f} | {row['target_tokens_per_s']:,.0f} ({_title(row['against'])}) "
+            f"| {row['ceiling_tokens_per_s']:,.0f} | {row['target_tokens_per_s'] / row['ceiling_tokens_per_s']:.2f} |"
         )
     return lines
 
@@ -636,12 +687,6 @@ def _readme_rows(results: dict, peers: list[str]) -> list[tuple[str, dict[str, s
         if row["against"] is None:
             rows.append((row["figure"], {}, row["key"]))  # ours against ours: the value is the ratio
     return rows
-
-
-def replace_readme_section(readme: str, section: str) -> str:
-    """The README text with the speed table between its markers replaced by `section`."""
-    start, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
-    return readme[:start] + section + readme[end:]
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -798,7 +843,7 @@ def write(results: dict, output: Path, readme: bool, rewrite: bool = True) -> No
     output.with_suffix(".md").write_text(page, encoding="utf-8")
     if readme:
         README.write_text(
-            replace_readme_section(README.read_text(encoding="utf-8"), readme_section(results)), encoding="utf-8"
+            replace_between_markers(README.read_text(encoding="utf-8"), README_BEGIN, README_END, readme_section(results)), encoding="utf-8"
         )
     print(page)
     log.info(

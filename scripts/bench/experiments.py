@@ -102,3 +102,9 @@ def write_results(results: dict, output: Path, markdown: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     output.with_suffix(".md").write_text(markdown)
+
+
+def replace_between_markers(text: str, begin: str, end: str, section: str) -> str:
+    """`text` with the part from `begin` to `end` (both markers included) replaced by `section`."""
+    start, stop = text.index(begin), text.index(end) + len(end)
+    return text[:start] + section + text[stop:]

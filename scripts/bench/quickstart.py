@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import ROOT, mean_speed, provenance, records, write_results
+from experiments import ROOT, mean_speed, provenance, records, replace_between_markers, write_results
 
 README = ROOT / "README.md"
 BEGIN = "<!-- quickstart table: written by scripts/bench/quickstart.py --publish from docs/quickstart.json -->"
@@ -140,12 +140,6 @@ def markdown(results: dict) -> str:
     )
 
 
-def replace_between_markers(text: str, section: str) -> str:
-    """`text` with the part between BEGIN and END (markers included) replaced by `section`."""
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[:start] + section + text[end:]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--publish", action="store_true", help="write docs/quickstart.{json,md} and the README table")
@@ -161,7 +155,7 @@ def main() -> int:
     output = ROOT / "docs" / "quickstart" if args.publish else Path(args.output)
     write_results(results, output, markdown(results))
     if args.publish:
-        README.write_text(replace_between_markers(README.read_text(encoding="utf-8"), readme_table(results)))
+        README.write_text(replace_between_markers(README.read_text(encoding="utf-8"), BEGIN, END, readme_table(results)))
     print(markdown(results))
     return 0
 
