@@ -843,7 +843,10 @@ def write(results: dict, output: Path, readme: bool, rewrite: bool = True) -> No
     output.with_suffix(".md").write_text(page, encoding="utf-8")
     if readme:
         README.write_text(
-            replace_between_markers(README.read_text(encoding="utf-8"), README_BEGIN, README_END, readme_section(results)), encoding="utf-8"
+            replace_between_markers(
+                README.read_text(encoding="utf-8"), README_BEGIN, README_END, readme_section(results)
+            ),
+            encoding="utf-8",
         )
     print(page)
     log.info(

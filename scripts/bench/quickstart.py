@@ -155,7 +155,9 @@ def main() -> int:
     output = ROOT / "docs" / "quickstart" if args.publish else Path(args.output)
     write_results(results, output, markdown(results))
     if args.publish:
-        README.write_text(replace_between_markers(README.read_text(encoding="utf-8"), BEGIN, END, readme_table(results)))
+        README.write_text(
+            replace_between_markers(README.read_text(encoding="utf-8"), BEGIN, END, readme_table(results))
+        )
     print(markdown(results))
     return 0
 
