@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import sys
 import time
@@ -29,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from seq2seq.cache import file_sha256
+
 log = logging.getLogger("bench")
 # The beam's own bookkeeping: choosing, reordering and masking hypotheses.
 SEARCH = {"aten::topk", "aten::sort", "aten::index_select", "aten::gather", "aten::index", "aten::masked_fill_"}
@@ -42,14 +43,6 @@ SEARCH |= {
     "aten::div",
     "aten::remainder",
 }
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def profile_beam(checkpoint: Path, source: Path, beam: int) -> dict:
@@ -155,7 +148,7 @@ def main() -> int:
         print(f"profile_decode.py: no checkpoint at {checkpoint}: train the quickstart first", file=sys.stderr)
         return 2
     results["checkpoint"] = str(checkpoint.relative_to(ROOT) if checkpoint.is_relative_to(ROOT) else checkpoint)
-    results["checkpoint_sha256"] = sha256(checkpoint)
+    results["checkpoint_sha256"] = file_sha256(checkpoint)
     source = ROOT / "data" / "test.es"  # the bundled test split, as the benchmark decodes it
     results["source"] = str(source.relative_to(ROOT))
     results["searches"] = {"greedy": profile_beam(checkpoint, source, 1), "beam 5": profile_beam(checkpoint, source, 5)}
