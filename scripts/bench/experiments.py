@@ -94,6 +94,14 @@ def mean_speed(run_dir: Path, key: str = "tokens_per_s") -> float:
     return round(len(rates) / sum(1 / rate for rate in rates), 1) if rates else 0.0
 
 
+def dirty_publish_refused(script: str, results: dict) -> bool:
+    """True, after one line on stderr, when a --publish run starts from a tree with uncommitted changes (what
+    docs/ holds must come from committed code)."""
+    if results["dirty"]:
+        print(f"{script}: --publish needs a tree without uncommitted changes: commit first", file=sys.stderr)
+    return results["dirty"]
+
+
 def write_results(results: dict, output: Path, markdown: str) -> None:
     """OUTPUT.json and OUTPUT.md, as written (never edited by hand); a warning when the tree was dirty at the start
     (the committed docs must come from a clean tree: commit one script's output before starting the next)."""

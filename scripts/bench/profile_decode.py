@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import ROOT, provenance, write_results
+from experiments import ROOT, dirty_publish_refused, provenance, write_results
 from profile_step import groups
 
 sys.path.insert(0, str(ROOT))
@@ -140,8 +140,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     results = provenance(sys.argv)
-    if args.publish and results["dirty"]:
-        print("profile_decode.py: --publish needs a tree without uncommitted changes: commit first", file=sys.stderr)
+    if args.publish and dirty_publish_refused("profile_decode.py", results):
         return 2
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import ROOT, provenance, write_results
+from experiments import ROOT, dirty_publish_refused, provenance, write_results
 
 sys.path.insert(0, str(ROOT))
 
@@ -205,8 +205,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     results = provenance(sys.argv)
-    if args.publish and results["dirty"]:
-        print("profile_step.py: --publish needs a tree without uncommitted changes: commit first", file=sys.stderr)
+    if args.publish and dirty_publish_refused("profile_step.py", results):
         return 2
     results["variants"] = {"fast path": profile_variant(False), "input feeding": profile_variant(True)}
     output = ROOT / "docs" / "profile" if args.publish else Path(args.output)

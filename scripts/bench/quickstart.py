@@ -27,7 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import ROOT, mean_speed, provenance, records, replace_between_markers, write_results
+from experiments import (
+    ROOT,
+    dirty_publish_refused,
+    mean_speed,
+    provenance,
+    records,
+    replace_between_markers,
+    write_results,
+)
 
 README = ROOT / "README.md"
 BEGIN = "<!-- quickstart table: written by scripts/bench/quickstart.py --publish from docs/quickstart.json -->"
@@ -147,8 +155,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     results = provenance(sys.argv)
-    if args.publish and results["dirty"]:
-        print("quickstart.py: --publish needs a tree without uncommitted changes: commit first", file=sys.stderr)
+    if args.publish and dirty_publish_refused("quickstart.py", results):
         return 2
     with tempfile.TemporaryDirectory(prefix="quickstart-") as scratch:
         results.update(measure(Path(scratch) / "clone"))
