@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 from seq2seq.cache import file_sha256
+from seq2seq.ensemble import LoadedEnsemble, load_ensemble
+from seq2seq.textfiles import iter_lines
 
 log = logging.getLogger("bench")
 # The beam's own bookkeeping: choosing, reordering and masking hypotheses.
@@ -45,17 +47,14 @@ SEARCH |= {
 }
 
 
-def profile_beam(checkpoint: Path, source: Path, beam: int) -> dict:
-    """Sentences/s of decoding `source` with `beam`, and its operators by self time under the profiler."""
+def profile_beam(loaded: LoadedEnsemble, sources: list[str], beam: int) -> dict:
+    """Sentences/s of decoding `sources` with the loaded checkpoint and `beam`, and its operators by self time
+    under the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    from seq2seq.ensemble import load_ensemble
     from seq2seq.search import decode_lines
-    from seq2seq.textfiles import iter_lines
 
-    loaded = load_ensemble([str(checkpoint)], "cpu")
     options = dataclasses.replace(loaded.config.decode, beam=beam, n_best=1)
-    sources = list(iter_lines(source))
 
     def decode() -> None:
         decode_lines(loaded.ensemble, loaded.tokenizer, sources, torch.device("cpu"), options)
@@ -150,7 +149,9 @@ def main() -> int:
     results["checkpoint_sha256"] = file_sha256(checkpoint)
     source = ROOT / "data" / "test.es"  # the bundled test split, as the benchmark decodes it
     results["source"] = str(source.relative_to(ROOT))
-    results["searches"] = {"greedy": profile_beam(checkpoint, source, 1), "beam 5": profile_beam(checkpoint, source, 5)}
+    loaded = load_ensemble([str(checkpoint)], "cpu")  # loaded as `seq2seq evaluate` loads it
+    sources = list(iter_lines(source))
+    results["searches"] = {"greedy": profile_beam(loaded, sources, 1), "beam 5": profile_beam(loaded, sources, 5)}
     output = ROOT / "docs" / "profile_decode" if args.publish else Path(args.output)
     write_results(results, output, markdown(results))
     print(markdown(results))
